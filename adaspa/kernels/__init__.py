@@ -1,0 +1,25 @@
+"""Triton kernels for AdaSpa's four heavy ops, with the signatures of `adaspa.reference`.
+
+- `attention(q, k, v)` -> `(out, lse)`: dense flash attention forward with LSE.
+- `attention_with_block_mass(q, k, v, block_size=64)` -> `(out, lse, mass)`: fused search.
+- `block_mass(q, k, lse, block_size=64)` -> `mass`: LSE-cached search (no V, no output).
+- `block_sparse_attention(q, k, v, mask)` -> `(out, lse)`: head-adaptive block-sparse attention.
+
+Inputs are float16 / bfloat16 / float32 CUDA tensors of any strides with D <= 256 and block
+sizes 16, 32, 64 or 128. CPU tensors run under Triton's interpreter when
+`TRITON_INTERPRET=1` (slow; for tests), else raise. docs/kernels.md explains the kernels.
+
+Example:
+    >>> import torch
+    >>> from adaspa import kernels
+    >>> q = k = v = torch.randn(1, 2, 256, 64, device="cuda", dtype=torch.bfloat16)
+    >>> out, lse, mass = kernels.attention_with_block_mass(q, k, v)
+    >>> mass.shape
+    torch.Size([1, 2, 4, 4])
+"""
+
+from .block_sparse import block_sparse_attention
+from .flash_fwd import attention, attention_with_block_mass
+from .search import block_mass
+
+__all__ = ["attention", "attention_with_block_mass", "block_mass", "block_sparse_attention"]

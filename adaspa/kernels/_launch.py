@@ -1,0 +1,124 @@
+"""Launch-side helpers shared by the Triton kernels: device guard, limits, tile sizes.
+
+Everything here runs on the host before a launch and never reads device memory,
+so the kernels stay free of host-device synchronization and CUDA-graph capturable.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+#: Block sizes the kernels accept. 64 and 128 are the tuned ones; 16 and 32 exist so
+#: tests can draw many blocks from short sequences.
+SUPPORTED_BLOCK_SIZES = (16, 32, 64, 128)
+
+#: Largest head dimension: D is padded to the next power of two inside the kernel and
+#: a [BLOCK_M, 256] fp32 accumulator already fills the register file at BLOCK_M = 64.
+MAX_HEAD_DIM = 256
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+LOG2E = 1.4426950408889634
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (`TRITON_INTERPRET=1`)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def check_kernel_inputs(q: torch.Tensor, head_dim: int) -> None:
+    """Reject what the kernels cannot run: devices, dtypes and head dims past the limits.
+
+    Shapes, dtype agreement and devices of the other tensors are checked before this by
+    `adaspa._validation.check_attention_inputs`, so only `q` needs looking at here.
+    """
+    if q.device.type == "cpu":
+        if not interpreting():
+            raise ValueError(
+                "q is a CPU tensor: adaspa.kernels runs on CUDA; for CPU use adaspa.reference, "
+                "or set TRITON_INTERPRET=1 before importing triton to run the kernels in the interpreter"
+            )
+    elif q.device.type != "cuda":
+        raise ValueError(f"q must be a CUDA tensor for adaspa.kernels, got device {q.device}")
+    if q.dtype not in _DTYPES:
+        raise TypeError(f"q must be float16, bfloat16 or float32 for adaspa.kernels, got {q.dtype} "
+                        "(adaspa.reference accepts float64)")
+    if head_dim > MAX_HEAD_DIM:
+        raise ValueError(f"head dim D must be <= {MAX_HEAD_DIM} for adaspa.kernels, got D={head_dim}")
+
+
+def check_kernel_block_size(block_size: int, name: str = "block_size") -> int:
+    """Return `block_size` if the kernels support it, else raise naming the supported set."""
+    if block_size not in SUPPORTED_BLOCK_SIZES:
+        raise ValueError(f"{name} must be one of {SUPPORTED_BLOCK_SIZES} for adaspa.kernels, got {block_size}")
+    return block_size
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """D rounded up to a power of two >= 16: the kernels' BLOCK_D; loads past D are masked."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """The `PRECISION` constexpr of the kernels' `dot`.
+
+    `"ieee"` for float32 inputs, so fp32 runs exact fp32 dots and passes the 2x-own-error
+    rule; `"upcast"` for bfloat16 under the interpreter, whose `tl.dot` misreads bfloat16
+    (it stores them as uint16); `"tf32"` otherwise, which half types ignore.
+    """
+    if dtype == torch.float32:
+        return "ieee"
+    if dtype == torch.bfloat16 and interpreting():
+        return "upcast"
+    return "tf32"
+
+
+@triton.jit
+def dot(a, b, PRECISION: tl.constexpr):
+    """`tl.dot` with fp32 accumulation; "upcast" widens exact bf16 values to fp32 first.
+
+    Products of two bf16 values are exact in fp32, so the upcast path computes what the
+    tensor cores do (bf16 products, fp32 sums) up to summation order.
+    """
+    if PRECISION == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PRECISION)
+
+
+def strides4(x: torch.Tensor):
+    """The four strides of a 4-D tensor, in elements (any layout, no copy)."""
+    return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
+
+
+def _patch_interpreter_index() -> None:
+    """Make Triton 3.6's interpreter loop over runtime bounds with NumPy >= 2.4.
+
+    The interpreter keeps scalars as 1-element arrays and `int()` of those raises since
+    NumPy 2.4 (triton-lang/triton#9171), so every `range(0, n)` with a runtime `n` fails.
+    This applies the upstream fix (triton-lang/triton#9172); delete it once the minimum
+    Triton version includes that PR. Only runs under TRITON_INTERPRET=1.
+    """
+    import numpy as np
+    from triton.runtime import interpreter
+
+    if tuple(int(x) for x in np.__version__.split(".")[:2]) < (2, 4):
+        return
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "adaspa_index_fix", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched.adaspa_index_fix = True
+    interpreter._patch_lang_tensor = patched
+
+
+if interpreting():
+    _patch_interpreter_index()

@@ -1,0 +1,175 @@
+"""Block attention mass: the LSE-cached search kernel and the tile helper the fused search shares.
+
+`mass[b, h, p, c] = sum_{i in block p, j in block c} exp(scale * q_i . k_j - lse_i)`.
+
+Work per (query tile, key tile): one `[BLOCK_M, D] x [D, MASS_N]` dot (half the matrix
+work of attention: no `P @ V`), one exp2 per score, and a reduction of the tile to
+`[BLOCK_M / BS, MASS_N / BS]` block sums. No V is read and no output is written except
+`mass` (`B * H * nq * nk` floats, tiny next to Q and K). The exp2 count equals
+attention's, so on H100 the multi-function unit (16 exp2 / clock / SM), not the
+tensor cores, bounds this kernel: see docs/kernel-tuning.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._validation import check_attention_inputs, check_block_size, num_blocks, resolve_scale
+from ._launch import (dot, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, interpreting,
+                      padded_head_dim, strides4)
+
+
+@triton.jit
+def _mass_tile(b_q, p_k, start, LK, b_lse2, MASS, o_mass_row, NKB, m_qb, qk_scale,
+               BLOCK_M: tl.constexpr, MASS_N: tl.constexpr, BS: tl.constexpr, BLOCK_D: tl.constexpr,
+               m_d, MASK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """Write the block sums of `exp2(qk * qk_scale - lse2)` for one key tile starting at `start`.
+
+    `p_k` points at the `[BLOCK_D, MASS_N]` (transposed) key tile, `b_lse2` is the log2-domain
+    LSE per query row (`+inf` on rows past Lq so they add 0), `o_mass_row` the int64 offsets of
+    this tile's query blocks' rows in MASS.
+    """
+    o_n = start + tl.arange(0, MASS_N)
+    m_n = o_n < LK
+    if MASK_N:
+        b_kt = tl.load(p_k, mask=m_d[:, None] & m_n[None, :], other=0.0)
+    else:
+        b_kt = tl.load(p_k, mask=m_d[:, None], other=0.0)
+    # [BLOCK_M, MASS_N]
+    b_s = dot(b_q, b_kt, PRECISION) * qk_scale - b_lse2[:, None]
+    b_p = tl.math.exp2(b_s)
+    if MASK_N:
+        b_p = tl.where(m_n[None, :], b_p, 0.0)
+    o_kb = start // BS + tl.arange(0, MASS_N // BS)
+    if BLOCK_M == BS and MASS_N == BS:
+        # One block per tile: a plain reduction, no reshape. [1]
+        b_blk = tl.zeros([1], tl.float32) + tl.sum(tl.sum(b_p, axis=1), axis=0)
+        tl.store(MASS + o_mass_row + o_kb, b_blk, mask=m_qb & (o_kb < NKB))
+    else:
+        # [BLOCK_M, MASS_N / BS]
+        b_cols = tl.sum(tl.reshape(b_p, (BLOCK_M, MASS_N // BS, BS)), axis=2)
+        # [BLOCK_M / BS, MASS_N / BS]
+        b_blk = tl.sum(tl.reshape(b_cols, (BLOCK_M // BS, BS, MASS_N // BS)), axis=1)
+        tl.store(MASS + o_mass_row[:, None] + o_kb[None, :], b_blk,
+                 mask=m_qb[:, None] & (o_kb[None, :] < NKB))
+
+
+@triton.jit
+def _block_mass_fwd_kernel(
+    Q, K, LSE, MASS,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_lb, stride_lh, stride_lm,
+    H, LQ, LK, NQB, NKB, qk_scale,
+    HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, MASS_N: tl.constexpr,
+):
+    """One program per (query tile of BLOCK_M rows, batch * head): pass 2 of the search alone."""
+    i_m = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = (i_bh // H).to(tl.int64)
+    i_h = (i_bh % H).to(tl.int64)
+    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_D)
+    m_m = o_m < LQ
+    if BLOCK_D == HEAD_D:
+        m_d = tl.full([BLOCK_D], 1, tl.int1)
+    else:
+        m_d = o_d < HEAD_D
+    p_q = Q + i_b * stride_qb + i_h * stride_qh + o_m[:, None].to(tl.int64) * stride_qm + o_d[None, :] * stride_qd
+    # [BLOCK_M, BLOCK_D]
+    b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_lse = tl.load(LSE + i_b * stride_lb + i_h * stride_lh + o_m.to(tl.int64) * stride_lm, mask=m_m, other=0.0)
+    b_lse2 = tl.where(m_m, b_lse.to(tl.float32) * 1.4426950408889634, float("inf"))
+
+    o_qb = i_m * (BLOCK_M // BS) + tl.arange(0, BLOCK_M // BS)
+    m_qb = o_qb < NQB
+    o_mass_row = (i_bh.to(tl.int64) * NQB + o_qb) * NKB
+
+    o_n = tl.arange(0, MASS_N)
+    p_k = K + i_b * stride_kb + i_h * stride_kh + o_n[None, :] * stride_kn + o_d[:, None] * stride_kd
+    lk_full = (LK // MASS_N) * MASS_N
+    for start in range(0, lk_full, MASS_N):
+        _mass_tile(b_q, p_k, start, LK, b_lse2, MASS, o_mass_row, NKB, m_qb, qk_scale,
+                   BLOCK_M, MASS_N, BS, BLOCK_D, m_d, False, PRECISION)
+        p_k += MASS_N * stride_kn
+    if lk_full < LK:
+        _mass_tile(b_q, p_k, lk_full, LK, b_lse2, MASS, o_mass_row, NKB, m_qb, qk_scale,
+                   BLOCK_M, MASS_N, BS, BLOCK_D, m_d, True, PRECISION)
+
+
+def _mass_configs_prune(configs, named_args, **kwargs):
+    args = {**named_args, **kwargs}
+    bs, block_d = args["BS"], args["BLOCK_D"]
+    kept = [c for c in configs
+            if c.kwargs["BLOCK_M"] % bs == 0 and c.kwargs["MASS_N"] % bs == 0
+            and not (block_d > 128 and c.kwargs["BLOCK_M"] > 64)]
+    return kept or configs[:1]
+
+
+# 2 tile heights x 2 tile widths x 2 warp counts x 2 pipeline depths = 16 before pruning;
+# tiles must hold whole blocks (BLOCK_M, MASS_N multiples of BS), which leaves 2-16 per key.
+_MASS_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "MASS_N": bn}, num_warps=w, num_stages=s)
+    for bm in (64, 128) for bn in (64, 128) for w in (4, 8) for s in (2, 3)
+    if not (bm == 128 and w == 4)
+]
+
+_block_mass_tuned = triton.autotune(
+    configs=_MASS_CONFIGS, key=["BS", "BLOCK_D"], prune_configs_by={"early_config_prune": _mass_configs_prune}
+)(_block_mass_fwd_kernel)
+
+
+def fixed_tile(bs: int, block_d: int) -> int:
+    """Tile edge for the untuned path (interpreter, fp32, odd D): one block, at least 64 wide."""
+    return max(bs, 64) if block_d <= 128 else max(bs, 32)
+
+
+def use_autotune(dtype: torch.dtype, block_d: int) -> bool:
+    """Autotune only the shapes that matter for speed, so tests do not compile every config."""
+    return not interpreting() and dtype in (torch.float16, torch.bfloat16) and block_d in (64, 128)
+
+
+def block_mass(q, k, lse, *, block_size=64, scale=None):
+    """LSE-cached search: block attention mass from a cached LSE, without V or an output.
+
+    Args:
+        q: `[B, H, Lq, D]` float16 / bfloat16 / float32 CUDA tensor, any strides.
+        k: `[B, H, Lk, D]`, same dtype and device.
+        lse: `[B, H, Lq]` natural-log LSE of the same rows (e.g. from `attention`).
+        block_size: tokens per block, one of 16, 32, 64, 128.
+        scale: softmax scale, default `1/sqrt(D)`.
+
+    Returns:
+        mass: float32 `[B, H, nq, nk]`, `mass[b,h,p,c] = sum exp(scale*q_i.k_j - lse_i)` over
+        query block `p` and key block `c`.
+
+    Example:
+        >>> q = torch.randn(1, 2, 200, 64, device="cuda", dtype=torch.bfloat16)
+        >>> k = torch.randn(1, 2, 300, 64, device="cuda", dtype=torch.bfloat16)
+        >>> _, lse = attention(q, k, k)
+        >>> block_mass(q, k, lse, block_size=64).shape
+        torch.Size([1, 2, 4, 5])
+    """
+    shape = check_attention_inputs(q, k, lse=lse)
+    check_block_size(block_size)
+    check_kernel_block_size(block_size)
+    check_kernel_inputs(q, shape.head_dim)
+    scale = resolve_scale(scale, shape.head_dim)
+    B, H, LQ, LK, D = shape
+    nq, nk = num_blocks(LQ, block_size), num_blocks(LK, block_size)
+    block_d = padded_head_dim(D)
+    mass = torch.empty(B, H, nq, nk, device=q.device, dtype=torch.float32)
+    args = (q, k, lse, mass, *strides4(q), *strides4(k), lse.stride(0), lse.stride(1), lse.stride(2),
+            H, LQ, LK, nq, nk, scale * LOG2E)
+    meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=block_size, PRECISION=dot_precision(q.dtype))
+    if use_autotune(q.dtype, block_d):
+        grid = lambda m: (triton.cdiv(LQ, m["BLOCK_M"]), B * H)  # noqa: E731
+        _block_mass_tuned[grid](*args, **meta)
+    else:
+        tile = fixed_tile(block_size, block_d)
+        _block_mass_fwd_kernel[(triton.cdiv(LQ, tile), B * H)](
+            *args, **meta, BLOCK_M=tile, MASS_N=tile, num_warps=4, num_stages=2)
+    return mass
