@@ -132,23 +132,32 @@ def test_reference_and_kernels_document_the_same_signatures():
         assert _plain_signature(getattr(reference, name)) == _plain_signature(getattr(kernels, name)), name
 
 
-_FENCE = re.compile(r"^```(\S*)[ \t]*(.*)$")
+_FENCE = re.compile(r"^(`{3,})([^`\s]*)[ \t]*(.*)$")
 
 
 def python_blocks(path: Path):
-    """The ```python blocks of a markdown file as (first line number, info words, code)."""
-    blocks, current = [], None
+    """The ```python blocks of a markdown file as (first line number, info words, code).
+
+    Fences nest the CommonMark way: a block opened by N backticks closes only at a
+    line of N backticks, so a ```python example shown inside a ```` block is text.
+    """
+    blocks, opener, current = [], None, None
     for number, line in enumerate(path.read_text().splitlines(), start=1):
-        fence = _FENCE.match(line.strip()) if line.lstrip().startswith("```") else None
-        if current is None and fence and fence.group(1) in ("python", "py"):
-            current = (number + 1, fence.group(2).split(), [])
-        elif current is not None and line.strip() == "```":
-            blocks.append((current[0], current[1], "\n".join(current[2])))
-            current = None
+        stripped = line.strip()
+        if opener is None:
+            fence = _FENCE.match(stripped)
+            if fence:
+                opener = fence.group(1)
+                if len(opener) == 3 and fence.group(2) in ("python", "py"):
+                    current = (number + 1, fence.group(3).split(), [])
+        elif stripped == opener:
+            if current is not None:
+                blocks.append((current[0], current[1], "\n".join(current[2])))
+            opener, current = None, None
         elif current is not None:
             current[2].append(line)
-    if current is not None:
-        raise ValueError(f"{path}: unclosed ```python block starting at line {current[0] - 1}")
+    if opener is not None:
+        raise ValueError(f"{path}: a code block opened with {opener} is never closed")
     return blocks
 
 
@@ -160,7 +169,7 @@ def is_gpu_only(info_words, code: str) -> bool:
 def test_fence_conventions(tmp_path):
     sample = tmp_path / "fences.md"
     sample.write_text("```python\nx = 1\n```\n```python gpu\ny = 2\n```\n```python\n# gpu-only\nz = 3\n```\n"
-                      "```bash\nls\n```\n")
+                      "```bash\nls\n```\n````\n```python\nshown = 1\n```\n````\n")
     blocks = python_blocks(sample)
     assert [(line, code) for line, _, code in blocks] == [(2, "x = 1"), (5, "y = 2"), (8, "# gpu-only\nz = 3")]
     assert [is_gpu_only(info, code) for _, info, code in blocks] == [False, True, True]
