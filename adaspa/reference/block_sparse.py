@@ -50,10 +50,10 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     keep_blocks = mask.to_dense()  # [B, H, nq, nk]
     out = torch.zeros(q.shape, dtype=dtype, device=q.device)  # [B, H, Lq, D]
     lse = torch.zeros(q.shape[:3], dtype=dtype, device=q.device)  # [B, H, Lq]
-    v_c = v.to(dtype)
+    k_c, v_c = k.to(dtype), v.to(dtype)
     for p, rows in enumerate(query_chunks(shape.q_len, mask.block_size)):
         keep = key_token_mask(keep_blocks[:, :, p], mask.block_size, shape.kv_len)  # [B, H, Lk]
-        s = scores(q[:, :, rows], k, scale).masked_fill(~keep[:, :, None, :], float("-inf"))  # [B, H, bs, Lk]
-        probs, lse[:, :, rows] = softmax_with_lse(s)
+        s = scores(q[:, :, rows], k_c, scale)  # [B, H, bs, Lk]
+        probs, lse[:, :, rows] = softmax_with_lse(s.masked_fill(~keep[:, :, None, :], float("-inf")))
         out[:, :, rows] = probs @ v_c
     return out.to(q.dtype), lse.to(torch.float32)

@@ -77,8 +77,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale=None):
     dtype = compute_dtype(q)
     out = torch.zeros(q.shape, dtype=dtype, device=q.device)  # [B, H, Lq, D]
     lse = torch.zeros(q.shape[:3], dtype=dtype, device=q.device)  # [B, H, Lq]
-    v_c = v.to(dtype)
+    k_c, v_c = k.to(dtype), v.to(dtype)
     for rows in query_chunks(shape.q_len, QUERY_CHUNK):
-        probs, lse[:, :, rows] = softmax_with_lse(scores(q[:, :, rows], k, scale))  # [B, H, C, Lk]
+        probs, lse[:, :, rows] = softmax_with_lse(scores(q[:, :, rows], k_c, scale))  # [B, H, C, Lk]
         out[:, :, rows] = probs @ v_c
     return out.to(q.dtype), lse.to(torch.float32)

@@ -60,9 +60,9 @@ def attention_with_block_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out = torch.zeros(q.shape, dtype=dtype, device=q.device)  # [B, H, Lq, D]
     lse = torch.zeros(q.shape[:3], dtype=dtype, device=q.device)  # [B, H, Lq]
     mass = torch.zeros(shape.batch, shape.heads, nq, nk, dtype=dtype, device=q.device)
-    v_c = v.to(dtype)
+    k_c, v_c = k.to(dtype), v.to(dtype)
     for p, rows in enumerate(query_chunks(shape.q_len, block_size)):
-        probs, lse[:, :, rows] = softmax_with_lse(scores(q[:, :, rows], k, scale))  # [B, H, bs, Lk]
+        probs, lse[:, :, rows] = softmax_with_lse(scores(q[:, :, rows], k_c, scale))  # [B, H, bs, Lk]
         out[:, :, rows] = probs @ v_c
         mass[:, :, p] = key_block_sums(probs, block_size)
     return out.to(q.dtype), lse.to(torch.float32), mass.to(torch.float32)
@@ -98,8 +98,8 @@ def block_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, block_siz
     dtype = compute_dtype(q)
     nq, nk = num_blocks(shape.q_len, block_size), num_blocks(shape.kv_len, block_size)
     mass = torch.zeros(shape.batch, shape.heads, nq, nk, dtype=dtype, device=q.device)
-    lse_c = lse.to(dtype)
+    k_c, lse_c = k.to(dtype), lse.to(dtype)
     for p, rows in enumerate(query_chunks(shape.q_len, block_size)):
-        probs = torch.exp(scores(q[:, :, rows], k, scale) - lse_c[:, :, rows, None])  # [B, H, bs, Lk]
+        probs = torch.exp(scores(q[:, :, rows], k_c, scale) - lse_c[:, :, rows, None])  # [B, H, bs, Lk]
         mass[:, :, p] = key_block_sums(probs, block_size)
     return mass.to(torch.float32)
