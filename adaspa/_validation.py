@@ -111,6 +111,13 @@ def check_attention_inputs(
     return AttentionShape(batch, heads, q_len, kv_len, head_dim)
 
 
+def require_lse(lse) -> None:
+    """Raise unless an lse was passed: `block_mass` needs one, while `check_attention_inputs`
+    reads `lse=None` as "no lse to check"."""
+    if lse is None:
+        raise TypeError("lse must be a torch.Tensor of shape [B, H, Lq], got None")
+
+
 def resolve_scale(scale, head_dim: int) -> float:
     """`1/sqrt(D)` when `scale` is None, else `scale` checked to be a positive finite number."""
     if scale is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_attention_inputs, check_block_size, num_blocks, resolve_scale
+from .._validation import check_attention_inputs, check_block_size, num_blocks, require_lse, resolve_scale
 from .dense import compute_dtype, query_chunks, scores, softmax_with_lse
 
 
@@ -92,6 +92,7 @@ def block_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, block_siz
         >>> bool(torch.allclose(block_mass(q, k, lse, block_size=64), mass, atol=1e-5))
         True
     """
+    require_lse(lse)
     shape = check_attention_inputs(q, k, lse=lse)
     check_block_size(block_size)
     scale = resolve_scale(scale, shape.head_dim)
