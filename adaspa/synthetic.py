@@ -12,7 +12,9 @@ of four kinds:
 
 - `"spatial"`: attends within its own frame, most to nearby `(row, col)`;
 - `"temporal"`: attends to the same `(row, col)` in every frame;
-- `"sink"`: attends to the text tokens and to the first token of every frame;
+- `"sink"`: attends to the text tokens and to the first token of every frame,
+  over a weaker local bias (single key tokens that mean-pooling dilutes, which
+  is where pooled-Q/K estimates go wrong);
 - `"diffuse"`: weak structure, close to uniform (the heads that need a lower
   sparsity, which is what the head-adaptive tiers are for).
 
@@ -26,8 +28,8 @@ each placed in its own slice of the head dimension so that their dot products ad
 
 `code` are orthonormal frame codes (random unit vectors when frames outnumber
 the slice), `K_row`, `K_col` are Gaussian kernels of length scale `ell` built
-from random Fourier features (so far positions get a little feature noise, as
-real heads do), and `w_*`, `ell` depend on the head kind (`HEAD_KIND_WEIGHTS`).
+from Fourier features (with few dimensions a sharp kernel gets sidelobes at
+far positions, as real heads do), and `w_*`, `ell` depend on the head kind (`HEAD_KIND_WEIGHTS`).
 Finally `q` and `k` are multiplied by `head_dim ** 0.25`, so the model's
 `scale = 1/sqrt(head_dim)` turns `q . k` back into those logits.
 
@@ -50,9 +52,9 @@ HEAD_KINDS = ("spatial", "temporal", "sink", "diffuse")
 
 HEAD_KIND_WEIGHTS = {
     # kind: (w_frame, w_pos, ell, w_sink) — logits, ell in grid cells
-    "spatial": (5.0, 4.0, 1.5, 1.0),
-    "temporal": (0.0, 6.0, 0.4, 1.0),
-    "sink": (0.0, 0.0, 1.0, 9.0),
+    "spatial": (6.0, 3.0, 2.5, 1.0),
+    "temporal": (0.0, 6.0, 0.8, 1.0),
+    "sink": (2.0, 3.0, 1.5, 10.0),
     "diffuse": (0.5, 0.5, 4.0, 0.5),
 }
 """Per head kind: same-frame weight, locality weight, locality length scale (grid cells), sink weight."""
@@ -182,9 +184,16 @@ def video_token_layout(config: SyntheticVideoConfig) -> VideoTokenLayout:
     return VideoTokenLayout(is_text, frame, row, col, is_sink)
 
 
-def _fourier_features(pos: torch.Tensor, ell: float, n_freq: int, g: torch.Generator) -> torch.Tensor:
-    """`[L, 2 n_freq]` features whose dot products approximate `exp(-(a - b)^2 / (2 ell^2))`."""
-    omega = torch.randn(n_freq, generator=g) / ell  # [M], the Gaussian kernel's spectral density
+def _fourier_features(pos: torch.Tensor, ell: float, n_freq: int) -> torch.Tensor:
+    """`[L, 2 n_freq]` features whose dot products approximate `exp(-(a - b)^2 / (2 ell^2))`.
+
+    The frequencies are the `n_freq` midpoint quantiles of the kernel's spectral
+    density (a half-normal of scale `1/ell`): a deterministic quadrature, so the
+    kernel is the same for every seed and errs only where `n_freq` is too small
+    to resolve it (far sidelobes of a sharp kernel).
+    """
+    u = (torch.arange(n_freq, dtype=torch.float64) + 0.5) / n_freq
+    omega = (torch.distributions.Normal(0.0, 1.0).icdf(0.5 + 0.5 * u) / ell).to(torch.float32)  # [M]
     angle = pos.to(torch.float32)[:, None] * omega[None, :]  # [L, M]
     return torch.cat([angle.cos(), angle.sin()], dim=-1) / math.sqrt(n_freq)
 
@@ -209,11 +218,12 @@ def _head_features(config: SyntheticVideoConfig, kind: str, lay: VideoTokenLayou
     vf = video.to(torch.float32)[:, None]
 
     frame_code = _frame_codes(config.frames, d_frame, g)[lay.frame.clamp(min=0)] * vf  # [L, d_frame]
-    rows = _fourier_features(lay.row, ell, n_freq, g) * vf  # [L, 2 n_freq]
-    cols = _fourier_features(lay.col, ell, n_freq, g) * vf  # [L, 2 n_freq]
-    text_code = torch.randn(lay.is_text.shape[0], d_rest - 1, generator=g) * lay.is_text[:, None] * 0.5
+    rows = _fourier_features(lay.row, ell, n_freq) * vf  # [L, 2 n_freq]
+    cols = _fourier_features(lay.col, ell, n_freq) * vf  # [L, 2 n_freq]
+    length = lay.is_text.shape[0]
+    text_code = torch.randn(length, d_rest - 1, generator=g) * lay.is_text[:, None] * 0.5
 
-    sink_q = torch.full((lay.is_text.shape[0], 1), math.sqrt(w_sink))  # [L, 1]
+    sink_q = torch.full((length, 1), math.sqrt(w_sink))  # [L, 1]
     sink_k = lay.is_sink.to(torch.float32)[:, None] * math.sqrt(w_sink)  # [L, 1]
     q = torch.cat([math.sqrt(w_frame) * frame_code, math.sqrt(w_pos) * rows, math.sqrt(w_pos) * cols,
                    sink_q, text_code], dim=-1)
