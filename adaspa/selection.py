@@ -20,6 +20,8 @@ import torch
 from ._validation import check_block_size, check_sparsity, num_blocks
 from .mask import BlockSparseMask
 
+__all__ = ["text_sink_blocks", "select_blocks", "recall", "head_adaptive_sparsity"]
+
 Sparsity = Union[float, torch.Tensor]
 
 _K_EPS = 1e-6  # ALGORITHM.md §3: k = ceil((1 - s) * n - 1e-6), so s=0.8, n=10 gives 2, not 3.

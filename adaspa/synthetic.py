@@ -48,6 +48,9 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
+__all__ = ["HEAD_KINDS", "HEAD_KIND_WEIGHTS", "SyntheticVideoConfig", "VideoTokenLayout", "synthetic_qkv",
+           "video_token_layout"]
+
 HEAD_KINDS = ("spatial", "temporal", "sink", "diffuse")
 
 HEAD_KIND_WEIGHTS = {
@@ -62,7 +65,7 @@ HEAD_KIND_WEIGHTS = {
 
 @dataclass(frozen=True)
 class SyntheticVideoConfig:
-    """Shape and structure of a synthetic video-DiT attention workload.
+    """Shape and structure of a synthetic video-DiT attention workload, `q, k, v: [B, H, L, D]`.
 
     Attributes:
         batch, heads, head_dim: the `B`, `H`, `D` of `q, k, v` (`head_dim >= 8`).
@@ -146,6 +149,11 @@ class VideoTokenLayout(NamedTuple):
 
     `frame`, `row`, `col` are -1 on text tokens. `is_sink` marks the tokens sink
     heads attend to: every text token and the first token of every frame.
+
+    Example:
+        >>> lay = video_token_layout(SyntheticVideoConfig(frames=2, height=1, width=2, text_len=1))
+        >>> lay.is_sink.tolist()
+        [True, False, True, False, True]
     """
 
     is_text: torch.Tensor
