@@ -283,6 +283,7 @@ def test_selection_on_cuda_does_not_sync():
         tiers = head_adaptive_sparsity(mass, 0.8, forced=forced)
         mask = select_blocks(mass, tiers, block_size=16, q_len=140, kv_len=140, forced=forced)
         per_head = select_blocks(mass, s_dev, block_size=16, q_len=140, kv_len=140, forced=forced)
+        global_k = select_blocks(mass, s_dev, block_size=16, q_len=140, kv_len=140, forced=forced, rowwise=False)
         r = recall(mass, mask)
     finally:
         torch.cuda.set_sync_debug_mode("default")
@@ -292,4 +293,6 @@ def test_selection_on_cuda_does_not_sync():
     assert mask.to("cpu") == cpu_mask
     assert per_head.to("cpu") == select_blocks(mass.cpu(), s_dev.cpu(), block_size=16, q_len=140,
                                                kv_len=140, forced=forced.cpu())
+    assert global_k.to("cpu") == select_blocks(mass.cpu(), s_dev.cpu(), block_size=16, q_len=140, kv_len=140,
+                                               forced=forced.cpu(), rowwise=False)
     assert torch.equal(r.cpu(), recall(mass.cpu(), cpu_mask))
