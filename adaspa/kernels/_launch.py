@@ -90,6 +90,21 @@ def dot(a, b, PRECISION: tl.constexpr):
         return tl.dot(a, b, input_precision=PRECISION)
 
 
+@triton.jit
+def to_dtype(x, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """Cast fp32 `x` to `DTYPE` rounding to nearest even, as the GPU's conversion does.
+
+    Triton 3.6's interpreter truncates fp32 -> bf16 casts, an error of up to one bf16 ulp
+    that the 2x-own-error tests would (rightly) reject; under the interpreter ("upcast")
+    the rounding is done on the bits first, so the truncating cast is then exact.
+    """
+    if PRECISION == "upcast":
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(DTYPE)
+
+
 def strides4(x: torch.Tensor):
     """The four strides of a 4-D tensor, in elements (any layout, no copy)."""
     return x.stride(0), x.stride(1), x.stride(2), x.stride(3)

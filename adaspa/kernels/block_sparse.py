@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .._validation import check_attention_inputs, check_mask_matches, resolve_scale
-from ._launch import (dot, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, interpreting,
+from ._launch import (dot, to_dtype, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, interpreting,
                       padded_head_dim, strides4)
 
 
@@ -86,7 +86,7 @@ def _block_sparse_attention_fwd_kernel(
         b_alpha = tl.math.exp2(b_m - b_m_new)
         b_p = tl.math.exp2(b_s - b_m_new[:, None])
         b_l = b_l * b_alpha + tl.sum(b_p, axis=1)
-        b_acc = b_acc * b_alpha[:, None] + dot(b_p.to(b_v.dtype), b_v, PRECISION)
+        b_acc = b_acc * b_alpha[:, None] + dot(to_dtype(b_p, b_v.dtype, PRECISION), b_v, PRECISION)
         b_m = b_m_new
 
     m_live = b_l > 0
@@ -94,7 +94,7 @@ def _block_sparse_attention_fwd_kernel(
     b_lse = tl.where(m_live, (b_m + tl.math.log2(tl.where(m_live, b_l, 1.0))) * 0.6931471805599453,
                      float("-inf"))
     p_o = O + i_b * stride_ob + i_h * stride_oh + o_m[:, None] * stride_om + o_d[None, :] * stride_od
-    tl.store(p_o, b_out.to(O.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+    tl.store(p_o, to_dtype(b_out, O.dtype.element_ty, PRECISION), mask=m_m[:, None] & m_d[None, :])
     tl.store(LSE + i_bh * LQ + o_m, b_lse, mask=m_m)
 
 
@@ -152,7 +152,7 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=True):
     return out, lse
 
 
-def block_sparse_attention(q, k, v, mask, *, scale=None):
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale=None):
     """Attention restricted to the key blocks `mask` keeps, per (batch, head, query block).
 
     The softmax runs over the kept keys only; keys past Lk in a kept partial block are

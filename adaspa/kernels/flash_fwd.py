@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .._validation import check_attention_inputs, check_block_size, num_blocks, resolve_scale
-from ._launch import (dot, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, padded_head_dim,
+from ._launch import (dot, to_dtype, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, padded_head_dim,
                       strides4)
 from .search import _mass_tile, fixed_tile, use_autotune
 
@@ -43,7 +43,7 @@ def _attend_tile(b_q, p_k, p_v, start, LK, b_m, b_l, b_acc, qk_scale, m_d,
     b_p = tl.math.exp2(b_s - b_m_new[:, None])
     b_l = b_l * b_alpha + tl.sum(b_p, axis=1)
     # [BLOCK_M, BLOCK_D]
-    b_acc = b_acc * b_alpha[:, None] + dot(b_p.to(b_v.dtype), b_v, PRECISION)
+    b_acc = b_acc * b_alpha[:, None] + dot(to_dtype(b_p, b_v.dtype, PRECISION), b_v, PRECISION)
     return b_m_new, b_l, b_acc
 
 
@@ -97,7 +97,7 @@ def _attention_fwd_kernel(
     b_lse2 = b_m + tl.math.log2(b_l)
     b_out = b_acc / b_l[:, None]
     p_o = O + i_b * stride_ob + i_h * stride_oh + o_m[:, None].to(tl.int64) * stride_om + o_d[None, :] * stride_od
-    tl.store(p_o, b_out.to(O.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+    tl.store(p_o, to_dtype(b_out, O.dtype.element_ty, PRECISION), mask=m_m[:, None] & m_d[None, :])
     tl.store(LSE + i_bh.to(tl.int64) * LQ + o_m, b_lse2 * 0.6931471805599453, mask=m_m)
 
     if WITH_MASS:
@@ -161,7 +161,7 @@ def _launch(q, k, v, *, block_size, scale, with_mass):
     return out, lse, mass
 
 
-def attention(q, k, v, *, scale=None):
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale=None):
     """Dense attention forward that also returns the natural-log LSE.
 
     Args:
@@ -183,7 +183,8 @@ def attention(q, k, v, *, scale=None):
     return out, lse
 
 
-def attention_with_block_mass(q, k, v, *, block_size=64, scale=None):
+def attention_with_block_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_size: int = 64,
+                              scale=None):
     """Fused search: dense output, LSE and the exact block attention mass in one launch.
 
     Args:

@@ -132,7 +132,7 @@ def use_autotune(dtype: torch.dtype, block_d: int) -> bool:
     return not interpreting() and dtype in (torch.float16, torch.bfloat16) and block_d in (64, 128)
 
 
-def block_mass(q, k, lse, *, block_size=64, scale=None):
+def block_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, block_size: int = 64, scale=None):
     """LSE-cached search: block attention mass from a cached LSE, without V or an output.
 
     Args:

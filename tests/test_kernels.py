@@ -1,0 +1,231 @@
+"""`adaspa.kernels` against `adaspa.reference` and the float64 oracle.
+
+Every comparison uses the one rule of `adaspa.testing.assert_close`: the kernel may be off
+the float64 oracle by at most twice what the reference is off on the same low-precision
+inputs, plus the floor. On CPU the kernels run in Triton's interpreter (CI sets
+TRITON_INTERPRET=1 for the whole run; shapes stay small); with CUDA they run on the GPU,
+and HYPOTHESIS_PROFILE=gpu draws more examples. Outputs are NaN-poisoned by conftest.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from adaspa import BlockSparseMask, reference
+from adaspa.selection import head_adaptive_sparsity, select_blocks, text_sink_blocks
+from adaspa.testing import assert_close, oracle_and_reference
+
+ON_GPU = torch.cuda.is_available()
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+pytestmark = pytest.mark.skipif(not (ON_GPU or INTERPRET),
+                                reason="kernels need CUDA or TRITON_INTERPRET=1 (the CI sets it)")
+DEVICE = "cuda" if ON_GPU else "cpu"
+
+
+def examples(interpreted: int) -> int:
+    """Hypothesis examples: `interpreted` under the CPU interpreter, the profile's count on a GPU."""
+    return settings.default.max_examples if ON_GPU else min(interpreted, settings.default.max_examples)
+
+
+def kernels():
+    from adaspa import kernels as k
+
+    return k
+
+
+DTYPES = st.sampled_from([torch.float16, torch.bfloat16, torch.float32])
+HEAD_DIMS = st.sampled_from([16, 32, 40, 64] if not ON_GPU else [16, 40, 64, 72, 128, 256])
+BLOCKS = st.sampled_from([16, 32, 64] if not ON_GPU else [16, 32, 64, 128])
+MAX_LEN = 160 if not ON_GPU else 700
+
+
+def make_qkv(batch, heads, q_len, kv_len, dim, dtype, seq_major, seed):
+    """Random q, k, v; `seq_major` builds them as [B, L, H, D] and transposes (no copy)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def one(length):
+        if seq_major:
+            return torch.randn(batch, length, heads, dim, generator=g).to(DEVICE, dtype).transpose(1, 2)
+        return torch.randn(batch, heads, length, dim, generator=g).to(DEVICE, dtype)
+
+    return one(q_len), one(kv_len), one(kv_len)
+
+
+# The 2x rule measures the reference's own error as a max over the output; for half
+# dtypes that max only reaches the rounding step of the output (half an ulp) when there
+# are enough elements, so half-precision draws keep B*H*Lq*D >= MIN_HALF_OUTPUTS.
+# The reference rounds once (fp32 inside); the kernel also rounds P to q's dtype before
+# P @ V, as every flash kernel does, which costs up to another half ulp. float32 draws
+# take any Lq, so single-row and tail cases are still drawn.
+MIN_HALF_OUTPUTS = 4096
+
+
+@st.composite
+def shapes(draw):
+    batch, heads = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    dim, dtype = draw(HEAD_DIMS), draw(DTYPES)
+    min_q = 1 if dtype == torch.float32 else -(-MIN_HALF_OUTPUTS // (batch * heads * dim))
+    return dict(batch=batch, heads=heads, q_len=draw(st.integers(min_q, max(min_q, MAX_LEN))),
+                kv_len=draw(st.integers(1, MAX_LEN)), dim=dim, dtype=dtype,
+                seq_major=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+
+
+def test_signatures_match_reference():
+    for name in reference.__all__:
+        assert inspect.signature(getattr(kernels(), name)) == inspect.signature(getattr(reference, name)), name
+    assert sorted(kernels().__all__) == sorted(reference.__all__)
+
+
+@settings(max_examples=examples(15), suppress_health_check=[HealthCheck.too_slow])
+@given(shape=shapes(), scale=st.sampled_from([None, 0.3]))
+@example(shape=dict(batch=1, heads=2, q_len=97, kv_len=129, dim=40, dtype=torch.bfloat16, seq_major=True,
+                    seed=1), scale=None)
+def test_attention_matches_oracle(shape, scale):
+    q, k, v = make_qkv(**shape)
+    oracle, ref = oracle_and_reference(reference.attention, q, k, v, scale=scale)
+    out, lse = kernels().attention(q, k, v, scale=scale)
+    assert out.dtype == q.dtype and lse.dtype == torch.float32
+    assert_close(out, oracle[0], ref[0], name="out")
+    assert_close(lse, oracle[1], ref[1], name="lse")
+
+
+@settings(max_examples=examples(15), suppress_health_check=[HealthCheck.too_slow])
+@given(shape=shapes(), block_size=BLOCKS)
+@example(shape=dict(batch=1, heads=1, q_len=65, kv_len=100, dim=64, dtype=torch.float16, seq_major=False,
+                    seed=2), block_size=64)
+def test_fused_search_matches_oracle(shape, block_size):
+    q, k, v = make_qkv(**shape)
+    oracle, ref = oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=block_size)
+    out, lse, mass = kernels().attention_with_block_mass(q, k, v, block_size=block_size)
+    assert mass.dtype == torch.float32
+    assert_close(out, oracle[0], ref[0], name="out")
+    assert_close(lse, oracle[1], ref[1], name="lse")
+    assert_close(mass, oracle[2], ref[2], name="mass")
+
+
+@settings(max_examples=examples(12), suppress_health_check=[HealthCheck.too_slow])
+@given(shape=shapes(), block_size=BLOCKS)
+@example(shape=dict(batch=2, heads=1, q_len=33, kv_len=160, dim=32, dtype=torch.bfloat16, seq_major=True,
+                    seed=3), block_size=32)
+def test_lse_cached_search_matches_oracle(shape, block_size):
+    q, k, v = make_qkv(**shape)
+    _, lse = reference.attention(q, k, v)
+    oracle, ref = oracle_and_reference(reference.block_mass, q, k, lse, block_size=block_size)
+    mass = kernels().block_mass(q, k, lse, block_size=block_size)
+    assert_close(mass, oracle, ref, name="mass")
+    rows = mass.sum(-1)
+    q_tokens = (q.shape[2] - torch.arange(rows.shape[-1], device=rows.device) * block_size).clamp(max=block_size)
+    assert torch.allclose(rows, q_tokens.to(rows.dtype).expand_as(rows), rtol=1e-3)
+
+
+def adaptive_mask(q, k, v, block_size, sparsity, text_len, text_position):
+    """A mask as the pipeline makes it: exact mass, text sink, head-adaptive tiers, row-wise top-k."""
+    _, _, mass = reference.attention_with_block_mass(q, k, v, block_size=block_size)
+    forced = None
+    if text_len:
+        forced = text_sink_blocks(q.shape[2], k.shape[2], text_len, text_position=text_position,
+                                  block_size=block_size).to(mass.device)
+    tiers = head_adaptive_sparsity(mass, sparsity, forced=forced)
+    return select_blocks(mass, tiers, block_size=block_size, q_len=q.shape[2], kv_len=k.shape[2], forced=forced)
+
+
+def with_empty_rows(mask: BlockSparseMask, fraction: float, seed: int) -> BlockSparseMask:
+    """`mask` with about `fraction` of its (batch, head, query block) rows keeping nothing."""
+    g = torch.Generator().manual_seed(seed)
+    drop = (torch.rand(mask.counts.shape, generator=g) < fraction).to(mask.device)
+    counts = torch.where(drop, 0, mask.counts).to(torch.int32)
+    indices = torch.where(drop.unsqueeze(-1), 0, mask.indices).to(torch.int32)
+    return BlockSparseMask(indices, counts, mask.block_size, mask.q_len, mask.kv_len)
+
+
+@settings(max_examples=examples(25), suppress_health_check=[HealthCheck.too_slow])
+@given(shape=shapes(), block_size=BLOCKS, sparsity=st.sampled_from([0.0, 0.5, 0.8, 0.95]),
+       text_len=st.integers(0, 40), text_position=st.sampled_from(["first", "last"]),
+       empty=st.sampled_from([0.0, 0.3]))
+@example(shape=dict(batch=1, heads=4, q_len=150, kv_len=150, dim=32, dtype=torch.bfloat16, seq_major=True,
+                    seed=4), block_size=16, sparsity=0.8, text_len=20, text_position="last", empty=0.3)
+def test_block_sparse_attention_matches_oracle(shape, block_size, sparsity, text_len, text_position, empty):
+    q, k, v = make_qkv(**shape)
+    text_len = min(text_len, q.shape[2], k.shape[2])
+    mask = with_empty_rows(adaptive_mask(q, k, v, block_size, sparsity, text_len, text_position),
+                           empty, shape["seed"])
+    oracle, ref = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+    out, lse = kernels().block_sparse_attention(q, k, v, mask)
+    assert_close(out, oracle[0], ref[0], name="out")
+    assert_close(lse, oracle[1], ref[1], name="lse")
+    empty_rows = (mask.counts == 0).repeat_interleave(block_size, dim=-1)[..., : q.shape[2]]
+    assert bool((lse[empty_rows] == float("-inf")).all()) and bool((out[empty_rows] == 0).all())
+
+
+@settings(max_examples=examples(8), suppress_health_check=[HealthCheck.too_slow])
+@given(shape=shapes(), block_size=BLOCKS)
+def test_keep_all_mask_equals_dense(shape, block_size):
+    q, k, v = make_qkv(**shape)
+    mask = BlockSparseMask.full(q.shape[0], q.shape[1], q.shape[2], k.shape[2], block_size, device=DEVICE)
+    oracle, ref = oracle_and_reference(reference.attention, q, k, v)
+    out, lse = kernels().block_sparse_attention(q, k, v, mask)
+    assert_close(out, oracle[0], ref[0], name="out")
+    assert_close(lse, oracle[1], ref[1], name="lse")
+
+
+def test_heavy_first_order_gives_the_same_result():
+    from adaspa.kernels.block_sparse import _block_sparse_attention, heavy_first_order
+
+    q, k, v = make_qkv(1, 3, 100, 100, 32, torch.float16, False, 5)
+    mask = adaspa_mask = adaptive_mask(q, k, v, 16, 0.7, 0, "last")
+    order = heavy_first_order(mask.counts).cpu()
+    counts = mask.counts.reshape(-1).cpu()
+    assert sorted(order.tolist()) == list(range(counts.numel()))
+    assert bool((counts[order][:-1] >= counts[order][1:]).all())
+    ordered = _block_sparse_attention(q, k, v, adaspa_mask, heavy_first=True)
+    naive = _block_sparse_attention(q, k, v, adaspa_mask, heavy_first=False)
+    assert torch.equal(ordered[0], naive[0]) and torch.equal(ordered[1], naive[1])
+
+
+def small_inputs(dim=32, dtype=torch.float16, device=DEVICE):
+    return [torch.randn(1, 2, 40, dim, device=device).to(dtype) for _ in range(3)]
+
+
+def test_cpu_tensors_without_interpreter_raise(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q, k, v = small_inputs(device="cpu")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        kernels().attention(q, k, v)
+
+
+def test_unsupported_inputs_raise_naming_the_limit():
+    q, k, v = small_inputs(dim=288)
+    with pytest.raises(ValueError, match="D must be <= 256"):
+        kernels().attention(q, k, v)
+    q, k, v = small_inputs(dtype=torch.float64)
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
+        kernels().attention_with_block_mass(q, k, v)
+    q, k, v = small_inputs()
+    with pytest.raises(ValueError, match=r"block_size must be one of \(16, 32, 64, 128\)"):
+        kernels().attention_with_block_mass(q, k, v, block_size=256)
+    mask = BlockSparseMask.full(1, 2, 40, 40, 256, device=DEVICE)
+    with pytest.raises(ValueError, match="mask.block_size"):
+        kernels().block_sparse_attention(q, k, v, mask)
+
+
+def test_bad_inputs_get_the_references_messages():
+    q, k, v = small_inputs()
+    for bad_args, kwargs in [((q, k[:, :1], v), {}), ((q, k, v), {"scale": -1.0})]:
+        with pytest.raises((ValueError, TypeError)) as expected:
+            reference.attention(*bad_args, **kwargs)
+        with pytest.raises(type(expected.value), match=str(expected.value).replace("[", r"\[")[:40]):
+            kernels().attention(*bad_args, **kwargs)
+    _, lse = reference.attention(q, k, v)
+    with pytest.raises(ValueError, match="lse must have shape"):
+        kernels().block_mass(q, k, lse[:, :, :-1])
+    wrong = BlockSparseMask.full(1, 2, 41, 40, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="mask must be for"):
+        kernels().block_sparse_attention(q, k, v, wrong)
+    assert math.isfinite(float(lse.max()))
