@@ -30,6 +30,18 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def use_autotune(dtype: torch.dtype, block_d: int, block_size: int) -> bool:
+    """Autotune the fast path only: half dtypes, D in (64, 128], block size 64 or 128, on a GPU.
+
+    Other cases (fp32, odd D, test block sizes, the interpreter) use one fixed config, so a
+    test run does not compile every config for every combination. `ADASPA_AUTOTUNE=0`
+    turns autotuning off everywhere (e.g. for long hypothesis runs on a GPU; the configs
+    themselves are checked one by one in tests/test_kernels_gpu.py).
+    """
+    return (not interpreting() and os.environ.get("ADASPA_AUTOTUNE", "1") != "0"
+            and dtype in (torch.float16, torch.bfloat16) and block_d in (64, 128) and block_size in (64, 128))
+
+
 def check_kernel_inputs(q: torch.Tensor, head_dim: int) -> None:
     """Reject what the kernels cannot run: devices, dtypes and head dims past the limits.
 

@@ -22,8 +22,8 @@ import triton
 import triton.language as tl
 
 from .._validation import check_attention_inputs, check_mask_matches, resolve_scale
-from ._launch import (dot, to_dtype, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, interpreting,
-                      padded_head_dim, strides4)
+from ._launch import (dot, to_dtype, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, padded_head_dim,
+                      strides4, use_autotune)
 
 
 @triton.jit
@@ -144,7 +144,7 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=True):
             *strides4(out), H, LQ, LK, nq, indices.shape[-1], scale * LOG2E)
     meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=bs, ORDERED=heavy_first, PRECISION=dot_precision(q.dtype))
     grid = (B * H * nq,)
-    if not interpreting() and q.dtype in (torch.float16, torch.bfloat16) and block_d in (64, 128):
+    if use_autotune(q.dtype, block_d, bs):
         _block_sparse_tuned[grid](*args, **meta)
     else:
         kpi = max(1, 64 // bs)

@@ -18,8 +18,8 @@ import triton.language as tl
 
 from .._validation import check_attention_inputs, check_block_size, num_blocks, resolve_scale
 from ._launch import (dot, to_dtype, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, padded_head_dim,
-                      strides4)
-from .search import _mass_tile, fixed_tile, use_autotune
+                      strides4, use_autotune)
+from .search import _mass_tile, fixed_tile
 
 
 @triton.jit
@@ -151,7 +151,7 @@ def _launch(q, k, v, *, block_size, scale, with_mass):
     args = (q, k, v, out, lse, mass, *strides4(q), *strides4(k), *strides4(v), *strides4(out),
             H, LQ, LK, nq, nk, scale * LOG2E)
     meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=block_size, WITH_MASS=with_mass, PRECISION=dot_precision(q.dtype))
-    if use_autotune(q.dtype, block_d):
+    if use_autotune(q.dtype, block_d, block_size):
         grid = lambda m: (triton.cdiv(LQ, m["BLOCK_M"]), B * H)  # noqa: E731
         _attention_tuned[grid](*args, **meta)
     else:

@@ -17,8 +17,8 @@ import triton
 import triton.language as tl
 
 from .._validation import check_attention_inputs, check_block_size, num_blocks, resolve_scale
-from ._launch import (dot, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, interpreting,
-                      padded_head_dim, strides4)
+from ._launch import (dot, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, padded_head_dim,
+                      strides4, use_autotune)
 
 
 @triton.jit
@@ -127,11 +127,6 @@ def fixed_tile(bs: int, block_d: int) -> int:
     return max(bs, 64) if block_d <= 128 else max(bs, 32)
 
 
-def use_autotune(dtype: torch.dtype, block_d: int) -> bool:
-    """Autotune only the shapes that matter for speed, so tests do not compile every config."""
-    return not interpreting() and dtype in (torch.float16, torch.bfloat16) and block_d in (64, 128)
-
-
 def block_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, block_size: int = 64, scale=None):
     """LSE-cached search: block attention mass from a cached LSE, without V or an output.
 
@@ -165,7 +160,7 @@ def block_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, block_siz
     args = (q, k, lse, mass, *strides4(q), *strides4(k), lse.stride(0), lse.stride(1), lse.stride(2),
             H, LQ, LK, nq, nk, scale * LOG2E)
     meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=block_size, PRECISION=dot_precision(q.dtype))
-    if use_autotune(q.dtype, block_d):
+    if use_autotune(q.dtype, block_d, block_size):
         grid = lambda m: (triton.cdiv(LQ, m["BLOCK_M"]), B * H)  # noqa: E731
         _block_mass_tuned[grid](*args, **meta)
     else:

@@ -1,0 +1,168 @@
+"""GPU-only kernel tests: no host syncs, CUDA-graph capture, 64-bit offsets, every tuning config.
+
+Run on a GPU with `pytest -m gpu tests/test_kernels_gpu.py` (skipped without CUDA). The
+hypothesis equivalence tests live in tests/test_kernels.py and also run on a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adaspa import BlockSparseMask, reference
+from adaspa.testing import assert_close, oracle_and_reference
+
+pytestmark = pytest.mark.gpu
+
+
+def qkv(batch, heads, length, dim, dtype=torch.bfloat16, seq_major=True, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    if seq_major:
+        return [torch.randn(batch, length, heads, dim, generator=g, device="cuda", dtype=dtype).transpose(1, 2)
+                for _ in range(3)]
+    return [torch.randn(batch, heads, length, dim, generator=g, device="cuda", dtype=dtype) for _ in range(3)]
+
+
+def adaptive_mask(mass, length, block_size, sparsity=0.8):
+    from adaspa.selection import head_adaptive_sparsity, select_blocks
+
+    tiers = head_adaptive_sparsity(mass, sparsity)
+    return select_blocks(mass, tiers, block_size=block_size, q_len=length, kv_len=length)
+
+
+def sparse_step(q, k, v, block_size):
+    """Search, LSE-cached search and block-sparse attention, as the layer runs them."""
+    from adaspa import kernels
+
+    out, lse, mass = kernels.attention_with_block_mass(q, k, v, block_size=block_size)
+    mask = adaptive_mask(mass, q.shape[2], block_size)
+    mass_again = kernels.block_mass(q, k, lse, block_size=block_size)
+    sparse_out, sparse_lse = kernels.block_sparse_attention(q, k, v, mask)
+    dense_out, dense_lse = kernels.attention(q, k, v)
+    return out, lse, mass, mass_again, sparse_out, sparse_lse, dense_out, dense_lse
+
+
+@pytest.mark.parametrize("block_size", [64, 128])
+def test_sparse_step_makes_no_host_sync(block_size):
+    q, k, v = qkv(1, 4, 1000, 128)
+    sparse_step(q, k, v, block_size)  # autotuning synchronizes, so it happens before the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        results = sparse_step(q, k, v, block_size)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(not torch.isnan(r).any() for r in results)
+
+
+@pytest.mark.parametrize("block_size", [64, 128])
+def test_sparse_step_replays_in_a_cuda_graph(block_size):
+    from adaspa import kernels
+
+    q, k, v = qkv(1, 4, 1000, 128, seed=1)
+    _, lse, mass = kernels.attention_with_block_mass(q, k, v, block_size=block_size)
+    mask = adaptive_mask(mass, q.shape[2], block_size)
+    static_q = q.clone()
+    kernels.block_sparse_attention(static_q, k, v, mask)
+    kernels.block_mass(static_q, k, lse, block_size=block_size)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out, g_lse = kernels.block_sparse_attention(static_q, k, v, mask)
+        g_mass = kernels.block_mass(static_q, k, lse, block_size=block_size)
+    for seed in (2, 3):
+        static_q.copy_(qkv(1, 4, 1000, 128, seed=seed)[0])
+        graph.replay()
+        out, lse_eager = kernels.block_sparse_attention(static_q, k, v, mask)
+        assert torch.equal(g_out, out) and torch.equal(g_lse, lse_eager)
+        assert torch.equal(g_mass, kernels.block_mass(static_q, k, lse, block_size=block_size))
+
+
+@pytest.mark.parametrize("block_size", [64, 128])
+def test_tuned_kernels_match_oracle_at_video_sizes(block_size):
+    """The autotuned path (bf16, D=128, [B, L, H, D] layout) against the float64 oracle."""
+    from adaspa import kernels
+
+    q, k, v = qkv(1, 3, 2000, 128, seed=4)
+    oracle, ref = oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=block_size)
+    out, lse, mass = kernels.attention_with_block_mass(q, k, v, block_size=block_size)
+    for name, a, o, r in zip(("out", "lse", "mass"), (out, lse, mass), oracle, ref):
+        assert_close(a, o, r, name=name)
+    o_mass, r_mass = oracle_and_reference(reference.block_mass, q, k, ref[1], block_size=block_size)
+    assert_close(kernels.block_mass(q, k, ref[1], block_size=block_size), o_mass, r_mass, name="cached mass")
+    mask = adaptive_mask(ref[2], q.shape[2], block_size)
+    oracle, ref = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+    out, lse = kernels.block_sparse_attention(q, k, v, mask)
+    assert_close(out, oracle[0], ref[0], name="sparse out")
+    assert_close(lse, oracle[1], ref[1], name="sparse lse")
+
+
+def test_every_config_matches_oracle():
+    """Each config of each autotuned kernel, launched directly, on ragged bf16 inputs."""
+    from adaspa.kernels import block_sparse, flash_fwd, search
+    from adaspa.kernels._launch import LOG2E, strides4
+
+    B, H, L, D = 1, 2, 777, 128
+    q, k, v = qkv(B, H, L, D, seed=5)
+    scale = D ** -0.5
+    for bs in (64, 128):
+        nb = -(-L // bs)
+        (o_out, o_lse, o_mass), (r_out, r_lse, r_mass) = oracle_and_reference(
+            reference.attention_with_block_mass, q, k, v, block_size=bs)
+        meta = dict(HEAD_D=D, BLOCK_D=D, BS=bs, PRECISION="tf32")
+        for with_mass in (False, True):
+            configs = flash_fwd._attention_configs_prune(flash_fwd._ATTENTION_CONFIGS, {},
+                                                         **meta, WITH_MASS=with_mass)
+            for config in configs:
+                out = torch.empty_like(q, memory_format=torch.contiguous_format)
+                lse = torch.empty(B, H, L, device="cuda")
+                mass = torch.empty(B, H, nb, nb, device="cuda")
+                grid = (-(-L // config.kwargs["BLOCK_M"]), B * H)
+                flash_fwd._attention_fwd_kernel[grid](
+                    q, k, v, out, lse, mass, *strides4(q), *strides4(k), *strides4(v), *strides4(out),
+                    H, L, L, nb, nb, scale * LOG2E, **meta, WITH_MASS=with_mass, **config.all_kwargs())
+                assert_close(out, o_out, r_out, name=f"out {config}")
+                assert_close(lse, o_lse, r_lse, name=f"lse {config}")
+                if with_mass:
+                    assert_close(mass, o_mass, r_mass, name=f"mass {config}")
+        for config in search._mass_configs_prune(search._MASS_CONFIGS, {}, **meta):
+            mass = torch.empty(B, H, nb, nb, device="cuda")
+            grid = (-(-L // config.kwargs["BLOCK_M"]), B * H)
+            search._block_mass_fwd_kernel[grid](
+                q, k, r_lse, mass, *strides4(q), *strides4(k), *r_lse.stride(), H, L, L, nb, nb, scale * LOG2E,
+                **meta, **config.all_kwargs())
+            o_m, r_m = oracle_and_reference(reference.block_mass, q, k, r_lse, block_size=bs)
+            assert_close(mass, o_m, r_m, name=f"cached mass {config}")
+        mask = adaptive_mask(r_mass, L, bs, sparsity=0.7)
+        (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+        order = block_sparse.heavy_first_order(mask.counts)
+        for config in block_sparse._sparse_configs_prune(block_sparse._SPARSE_CONFIGS, {}, **meta):
+            out = torch.empty_like(q, memory_format=torch.contiguous_format)
+            lse = torch.empty(B, H, L, device="cuda")
+            block_sparse._block_sparse_attention_fwd_kernel[(B * H * nb,)](
+                q, k, v, out, lse, mask.indices, mask.counts, order, *strides4(q), *strides4(k), *strides4(v),
+                *strides4(out), H, L, L, nb, mask.indices.shape[-1], scale * LOG2E, **meta, ORDERED=True,
+                **config.all_kwargs())
+            assert_close(out, o_out, r_out, name=f"sparse out {config}")
+            assert_close(lse, o_lse, r_lse, name=f"sparse lse {config}")
+
+
+def test_offsets_past_two_to_the_31():
+    """B * H * L * D > 2**31 elements: base offsets must be 64-bit (the last heads would be garbage)."""
+    from adaspa import kernels
+
+    B, H, L, D = 1, 16400, 1024, 128
+    assert B * H * L * D > 2**31
+    q, k, v = qkv(B, H, L, D, seed=6)
+    out, lse = kernels.attention(q, k, v)
+    mask = BlockSparseMask.full(B, H, L, L, 128, device="cuda")
+    sparse_out, sparse_lse = kernels.block_sparse_attention(q, k, v, mask)
+    _, _, mass = kernels.attention_with_block_mass(q, k, v, block_size=128)
+    tail = slice(H - 2, H)
+    (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.attention, q[:, tail], k[:, tail], v[:, tail])
+    for name, a in (("out", out), ("sparse out", sparse_out)):
+        assert_close(a[:, tail], o_out, r_out, name=name)
+    for name, a in (("lse", lse), ("sparse lse", sparse_lse)):
+        assert_close(a[:, tail], o_lse, r_lse, name=name)
+    rows = mass[:, tail].sum(-1)
+    assert torch.allclose(rows, torch.full_like(rows, 128.0), rtol=1e-3)
