@@ -29,6 +29,9 @@ class DiTConfig:
 
     `frames`, `height`, `width` are the training clip size in pixels; the model
     also accepts other sizes divisible by `patch` (RoPE positions are absolute).
+    `pooled_text` adds the mean of the caption's token embeddings to the adaLN
+    conditioning (as SD3 adds its pooled text embedding), a direct global path
+    for the caption besides the joint attention.
     """
 
     dim: int = 256
@@ -43,6 +46,7 @@ class DiTConfig:
     text_len: int = 8
     vocab_size: int = 19
     rope_theta: float = 100.0
+    pooled_text: bool = True
 
     @property
     def head_dim(self) -> int:
@@ -171,6 +175,8 @@ class TinyVideoDiT(nn.Module):
         self.text_pos = nn.Parameter(torch.randn(config.text_len, dim) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        if config.pooled_text:
+            self.text_pool = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.out_modulation = nn.Parameter(torch.randn(2, dim) / math.sqrt(dim))
@@ -241,7 +247,11 @@ class TinyVideoDiT(nn.Module):
             raise ValueError(f"tokens must be [B={b}, text_len={self.config.text_len}], got {tuple(tokens.shape)}")
         text = self.text_embed(tokens) + self.text_pos  # [B, T, D]
         x = torch.cat([text, self.patch_embed(self.patchify(video))], dim=1)  # [B, T + N, D]
-        cond = self.time_mlp(timestep_embedding(t.expand(b), self.config.dim))  # [B, D]
+        cond = self.time_mlp(timestep_embedding(t.expand(b), self.config.dim).to(text.dtype))  # [B, D]
+        if self.config.pooled_text:
+            present = (tokens != 0).unsqueeze(-1).to(text.dtype)  # [B, T, 1]; <pad> is id 0
+            pooled = (self.text_embed(tokens) * present).sum(1) / present.sum(1).clamp(min=1)  # [B, D]
+            cond = cond + self.text_pool(pooled)
         mod = self.time_mod(cond).view(b, 6, self.config.dim)  # [B, 6, D]
         angles = rope_angles(self.config, f, h // p, w // p, device=video.device)  # [L, Dh/2]
         for block, attn in zip(self.blocks, self.attention):

@@ -54,16 +54,17 @@ def euler_sample(
         noise = torch.randn(shape, generator=generator)
     elif tuple(noise.shape) != shape:
         raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-    x = noise.to(device=device, dtype=dtype)
+    # The state is integrated in float32 even for a bf16 model, so 50 small steps do not round away.
+    x = noise.to(device=device, dtype=torch.float32)
     tokens = tokens.to(device)
     guided = guidance != 1.0
     if guided:
         tokens = torch.cat([tokens, torch.zeros_like(tokens)])
     model.reset_attention()
     for i in range(steps):
-        t = torch.full((x.shape[0] * (2 if guided else 1),), i / steps, device=device, dtype=dtype)
-        inp = torch.cat([x, x]) if guided else x
-        velocity = model(inp, t, tokens, step=i)
+        t = torch.full((x.shape[0] * (2 if guided else 1),), i / steps, device=device)
+        inp = (torch.cat([x, x]) if guided else x).to(dtype)
+        velocity = model(inp, t, tokens, step=i).float()
         if guided:
             cond, uncond = velocity.chunk(2)
             velocity = uncond + guidance * (cond - uncond)
