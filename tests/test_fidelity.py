@@ -1,0 +1,123 @@
+"""The fidelity benchmark's metrics and machinery (the benchmark itself is run by `python -m adaspa.fidelity`)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adaspa import AdaSpaConfig, BlockSparseMask
+from adaspa.fidelity import (Layout, MaskScheduleAttention, RunSpec, default_runs, findings, plot_fidelity, psnr,
+                             run_benchmark, ssim, write_report)
+from adaspa.models import DiTConfig, TinyVideoDiT
+
+
+def test_psnr_known_values():
+    x = torch.zeros(2, 1, 3, 4, 4)
+    y = x.clone()
+    y[0] += 0.1
+    y[1] += 0.01
+    assert psnr(y, x).tolist() == pytest.approx([20.0, 40.0])
+    assert math.isinf(float(psnr(x, x)[0]))
+    with pytest.raises(ValueError, match="same shape"):
+        psnr(x, x[:1])
+
+
+def test_ssim_of_constant_frames_matches_the_closed_form():
+    # Constant frames have zero variance, so SSIM = (2ab + C1) / (a^2 + b^2 + C1).
+    a, b, c1 = 0.3, 0.6, 0.01 ** 2
+    x = torch.full((1, 2, 3, 16, 16), a)
+    y = torch.full((1, 2, 3, 16, 16), b)
+    assert float(ssim(x, y)[0]) == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-9)
+
+
+def test_ssim_is_one_for_identical_symmetric_and_falls_with_noise():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 2, 3, 16, 16, generator=g)
+    noise = torch.randn(x.shape, generator=g)
+    assert ssim(x, x).tolist() == pytest.approx([1.0, 1.0])
+    y = (x + 0.05 * noise).clamp(0, 1)
+    z = (x + 0.2 * noise).clamp(0, 1)
+    assert torch.allclose(ssim(x, y), ssim(y, x))
+    assert bool((ssim(x, z) < ssim(x, y)).all()) and bool((ssim(x, y) < 1).all())
+    with pytest.raises(ValueError, match="window"):
+        ssim(x[..., :8, :8], x[..., :8, :8])
+
+
+def test_default_runs_cover_the_table_and_the_sweeps():
+    runs = default_runs()
+    main = [r for r in runs if r.group == "main"]
+    assert {(r.method, r.sparsity) for r in main} == {
+        (m, s) for m in ("adaspa", "adaspa_no_tiers", "adaspa_no_lse_cache", "svg_like", "pooled_qk", "window",
+                         "random") for s in (0.7, 0.8, 0.9)}
+    assert all(r.warmup_steps == 10 and r.search_steps == (10, 30) for r in main)
+    assert [(r.warmup_steps, r.search_steps) for r in runs if r.group == "warmup"] == [(0, (0, 30)), (2, (2, 30)),
+                                                                                        (5, (5, 30))]
+    assert [r.search_steps for r in default_runs(20) if r.group == "search"] == [(4,), (4, 8, 12), (4, 8, 12, 16)]
+
+
+def test_mask_schedule_attention_full_mask_equals_dense_and_records_recall():
+    cfg = AdaSpaConfig(warmup_steps=1, search_steps=(1, 3), block_size=16, backend="reference", min_seq_len=0)
+    built = []
+
+    def full(q, k, v, step):
+        built.append(step)
+        return BlockSparseMask.full(q.shape[0], q.shape[1], q.shape[2], k.shape[2], 16)
+
+    attn = MaskScheduleAttention(cfg, full)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=g) for _ in range(3))
+    for step in range(5):
+        out = attn(q, k, v, step=step)
+        assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v), atol=1e-5)
+    assert built == [1, 3]
+    assert [r.phase for r in attn.history] == ["dense", "search", "sparse", "cached_search", "sparse"]
+    assert [None if r.recall is None else round(float(r.recall.min()), 6) for r in attn.history] == \
+        [None, 1.0, None, 1.0, None]
+    assert attn.timer.total_ms() > 0
+
+
+def test_layout_target_density_is_adaspa_row_budget():
+    lay = Layout(frames=2, rows=4, cols=4, text_len=8, block_size=16)  # 40 tokens, 3 blocks, text in block 0
+    # row 0 (text) keeps all 3 blocks; rows 1, 2 keep the text column plus ceil(0.5 * 2) = 1 candidate
+    q_sizes = torch.tensor([16, 16, 8.0])
+    kept = q_sizes[0] * 40 + q_sizes[1] * (16 + 16) + q_sizes[2] * (16 + 16)
+    assert lay.target_density(0.5) == pytest.approx(float(kept / 40 ** 2), rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+    torch.manual_seed(0)
+    model = TinyVideoDiT(DiTConfig(dim=32, depth=2, heads=2, frames=2, height=16, width=16)).eval()
+    torch.nn.init.normal_(model.out.weight, std=0.2)
+    runs = [RunSpec("adaspa_no_tiers", 0.0, 1, (1,)), RunSpec("adaspa", 0.8, 1, (1, 3)), RunSpec("window", 0.8, 1, (1,)),
+            RunSpec("random", 0.8, 1, (1,)), RunSpec("adaspa", 0.8, 0, (0, 3), "warmup")]
+    return run_benchmark(model, clips=2, steps=4, block_size=16, runs=runs, backend="reference", log=None)
+
+
+def test_benchmark_rows_measure_what_they_claim(tiny_result):
+    rows = tiny_result["rows"]
+    assert [r["method"] for r in rows] == ["dense", "adaspa_no_tiers", "adaspa", "window", "random", "adaspa"]
+    dense, exact, sparse = rows[0], rows[1], rows[2]
+    assert math.isinf(dense["psnr"]) and dense["ssim"] == pytest.approx(1.0)
+    assert exact["sparse_density"] == pytest.approx(1.0) and exact["psnr"] > 60, exact
+    assert sparse["sparse_density"] < 0.8 and sparse["psnr"] < exact["psnr"]
+    # 4 steps, the first dense: overall density = (1 + 3 * sparse) / 4
+    assert sparse["density"] == pytest.approx((1 + 3 * sparse["sparse_density"]) / 4, rel=1e-5)
+    assert all(0 < r["recall"] <= 1 for r in rows[1:])
+    assert all(r["attention_ms"] > 0 for r in rows)
+    # random keeps AdaSpa's block count per row; only which blocks differ, and a full block
+    # instead of the 8-token tail block (or back) moves the density by at most 8 / 136 per row
+    assert abs(rows[4]["sparse_density"] - rows[4]["target_density"]) <= 8 / 136 + 1e-6
+
+
+def test_report_and_plot(tiny_result, tmp_path):
+    text = write_report(tiny_result, str(tmp_path / "fidelity.md"), card="test card", plot_name="fidelity.png")
+    assert "test card" in text and "| AdaSpa | 0.8 |" in text
+    assert (tmp_path / "fidelity.md").read_text() == text
+    lines = findings(tiny_result["rows"])
+    assert lines and lines[0].startswith("Sparsity 0.0") is False
+    fig = plot_fidelity(tiny_result["rows"])
+    assert len(fig.axes) == 3
