@@ -588,51 +588,63 @@ def _read_benchmark(csv_path):
             r[c] = int(float(r[c]))
         for c in ("density", "ms", "tflops"):
             r[c] = float(r[c])
-        r.setdefault("budget", "")
-        r["budget"] = r["budget"] or ""
+        # The density the mask really has (block rounding, forced blocks) when the CSV records it.
+        r["x"] = float(r["actual_density"]) if r.get("actual_density") not in (None, "") else r["density"]
+        r["budget"] = r.get("budget") or ""
     return rows
 
 
-def plot_benchmark(csv_path, *, L: Optional[int] = None, baseline: Optional[str] = None, title: Optional[str] = None):
+def _run_title(row) -> str:
+    """Card, versions and date of a run, from the CSV columns the benchmark writes."""
+    parts = [row.get("card") or ""]
+    parts += [f"{lib} {row[lib]}" for lib in ("torch", "triton") if row.get(lib)]
+    parts.append(row.get("date") or "")
+    return ", ".join(p for p in parts if p)
+
+
+def plot_benchmark(csv_path, *, L: Optional[int] = None, block_size: Optional[int] = None,
+                   baseline: Optional[str] = None, title: Optional[str] = None):
     """Speedup vs density and effective TFLOP/s by provider, from the benchmark CSV.
 
     Args:
-        csv_path: the CSV written by `python -m adaspa.bench` (see
-            `docs/benchmarks.md`); needs the columns `provider, L, block_size,
-            density, ms, tflops`, and uses `budget` (uniform / tiered head
-            budgets) when present.
+        csv_path: the `bench.csv` written by `python -m adaspa.bench` (columns in
+            `docs/benchmarks.md`); needs `provider, L, block_size, density, ms,
+            tflops`, and uses `budget` (dense / uniform / tiered),
+            `actual_density` (x-axis when present) and `card, torch, triton, date`
+            (default title) when present.
         L: the sequence length to plot (the largest in the file by default).
+        block_size: plot only this block size (all by default).
         baseline: the dense provider speedups are measured against (default:
             the first provider whose name contains "cudnn", else the fastest
             provider at density 1).
-        title: figure title (e.g. the card and date of the run).
+        title: figure title; by default the card, versions and date of the run.
 
     Returns:
         A `Figure` with two `Axes`: left, speedup `baseline_ms / ms` against
-        density, right, effective TFLOP/s against density. One line per
-        (provider, block size, budget) in each; a provider measured only at
-        density 1 (dense attention) is a horizontal dashed line. The left axes
-        also shows the ideal `1 / density`.
+        density, right, effective TFLOP/s (`4 B H Lq Lk D density / time`)
+        against density. One line per (provider, block size, budget) in each; a
+        provider measured only at density 1 (dense attention) is one horizontal
+        dashed line. The left axes also shows the ideal `1 / density`.
 
     Example:
         >>> import os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "bench.csv")
         >>> with open(path, "w") as f:
         ...     _ = f.write("provider,L,block_size,density,budget,ms,tflops\\n"
-        ...                 "sdpa_cudnn,16384,64,1.0,uniform,10.0,600\\n"
+        ...                 "sdpa_cudnn,16384,64,1.0,dense,10.0,600\\n"
         ...                 "adaspa,16384,64,1.0,uniform,11.0,550\\n"
         ...                 "adaspa,16384,64,0.2,uniform,2.5,480\\n")
         >>> fig = plot_benchmark(path)
         >>> sorted(line.get_label() for line in fig.axes[1].lines)
-        ['adaspa bs=64 uniform', 'sdpa_cudnn bs=64 uniform']
+        ['adaspa bs=64 uniform', 'sdpa_cudnn']
     """
     rows = _read_benchmark(csv_path)
     lengths = sorted({r["L"] for r in rows})
     if L is None:
         L = lengths[-1]
-    rows = [r for r in rows if r["L"] == L]
+    rows = [r for r in rows if r["L"] == L and (block_size is None or r["block_size"] == block_size)]
     if not rows:
-        raise ValueError(f"L={L} is not in {csv_path}; it has L in {lengths}")
+        raise ValueError(f"L={L}, block_size={block_size} is not in {csv_path}; it has L in {lengths}")
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     if baseline is None:
         cudnn = [p for p in providers if "cudnn" in p.lower()]
@@ -648,37 +660,43 @@ def plot_benchmark(csv_path, *, L: Optional[int] = None, baseline: Optional[str]
         raise ValueError(f"baseline {baseline!r} has no density-1 row at L={L}; providers: {providers}")
     base_ms = min(r["ms"] for r in base_rows)
 
+    dense_only = {p for p in providers if all(r["density"] == 1.0 for r in rows if r["provider"] == p)}
     groups = {}
     for r in rows:
-        key = (r["provider"], r["block_size"], r["budget"])
+        # A dense provider does not depend on the block size: one line, not one per block size.
+        key = (r["provider"],) if r["provider"] in dense_only else (r["provider"], r["block_size"], r["budget"])
         groups.setdefault(key, []).append(r)
-    fig, axes = _new_figure(1, 2, figsize=(11, 4))
+    fig, axes = _new_figure(1, 2, figsize=(12, 4.5))
     speed_ax, flops_ax = axes[0]
-    densities = sorted({r["density"] for r in rows})
-    speed_ax.plot(densities, [1 / d for d in densities], color="gray", linestyle=":", label="ideal 1/density")
-    for (provider, bs, budget), group in groups.items():
-        group.sort(key=lambda r: r["density"])
+    densities = sorted({r["x"] for r in rows})
+    ideal, = speed_ax.plot(densities, [1 / d for d in densities], color="gray", linestyle=":",
+                           label="ideal 1/density")
+    for key, group in groups.items():
+        group.sort(key=lambda r: r["x"])
+        if len(key) == 1:
+            label = key[0]
+            line = speed_ax.axhline(base_ms / min(r["ms"] for r in group), linestyle="--", label=label)
+            flops_ax.axhline(max(r["tflops"] for r in group), linestyle="--", color=line.get_color(), label=label)
+            continue
+        provider, bs, budget = key
         label = f"{provider} bs={bs}" + (f" {budget}" if budget else "")
-        d = [r["density"] for r in group]
-        speed = [base_ms / r["ms"] for r in group]
-        flops = [r["tflops"] for r in group]
-        if set(d) == {1.0}:
-            line = speed_ax.axhline(max(speed), linestyle="--", label=label)
-            flops_ax.axhline(max(flops), linestyle="--", color=line.get_color(), label=label)
-        else:
-            line, = speed_ax.plot(d, speed, marker="o", label=label)
-            flops_ax.plot(d, flops, marker="o", color=line.get_color(), label=label)
+        d = [r["x"] for r in group]
+        line, = speed_ax.plot(d, [base_ms / r["ms"] for r in group], marker="o", label=label)
+        flops_ax.plot(d, [r["tflops"] for r in group], marker="o", color=line.get_color(), label=label)
     for ax in (speed_ax, flops_ax):
         ax.set_xscale("log")
-        ax.set_xlabel("density (fraction of blocks kept)")
+        ax.set_xlabel("density (fraction of query-key pairs kept)")
         ax.grid(alpha=0.3, which="both")
     speed_ax.set_yscale("log")
     speed_ax.set_ylabel(f"speedup vs {baseline} dense")
     speed_ax.set_title(f"speedup, L={L}")
-    flops_ax.set_ylabel("effective TFLOP/s (4 B H Lq Lk D density / time)")
+    flops_ax.set_ylabel("effective TFLOP/s")
     flops_ax.set_title(f"throughput, L={L}")
-    flops_ax.legend(fontsize=7)
-    speed_ax.legend(fontsize=7)
+    speed_ax.legend(handles=[ideal], fontsize=7, loc="upper right")
+    flops_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    run = _run_title(rows[0])
+    if title is None and run:
+        title = run
     if title:
         fig.suptitle(title)
     return fig

@@ -178,19 +178,20 @@ def test_recall_over_steps_lines_and_phase_shading():
         viz.plot_recall_over_steps([0.9, 0.8], phases=["sparse"])
 
 
-def _write_csv(path, rows):
-    path.write_text("provider,L,block_size,density,budget,ms,tflops\n" + "".join(",".join(map(str, r)) + "\n"
-                                                                            for r in rows))
+def _write_csv(path, rows, header="provider,L,block_size,density,budget,ms,tflops"):
+    path.write_text(header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
     return path
 
 
 def test_benchmark_lines_per_provider_and_speedups(tmp_path):
     rows = [
-        ("sdpa_cudnn", 16384, 64, 1.0, "uniform", 10.0, 600),
-        ("sdpa_flash", 16384, 64, 1.0, "uniform", 17.0, 350),
+        ("sdpa_cudnn", 16384, 64, 1.0, "dense", 10.0, 600),
+        ("sdpa_cudnn", 16384, 128, 1.0, "dense", 10.0, 600),
+        ("sdpa_flash", 16384, 64, 1.0, "dense", 17.0, 350),
         ("adaspa", 16384, 64, 1.0, "uniform", 11.0, 550),
         ("adaspa", 16384, 64, 0.5, "uniform", 6.0, 500),
         ("adaspa", 16384, 64, 0.1, "uniform", 1.25, 480),
+        ("adaspa", 16384, 128, 0.1, "tiered", 1.0, 600),
         ("flex", 16384, 64, 0.5, "uniform", 9.0, 330),
         ("flex", 16384, 64, 0.1, "uniform", 2.0, 300),
         ("adaspa", 1024, 64, 0.1, "uniform", 0.1, 10),
@@ -200,17 +201,38 @@ def test_benchmark_lines_per_provider_and_speedups(tmp_path):
     speed_ax, flops_ax = fig.axes
     labels = [l.get_label() for l in speed_ax.lines]
     assert labels[0] == "ideal 1/density"
-    assert sorted(labels[1:]) == sorted(f"{p} bs=64 uniform" for p in ("sdpa_cudnn", "sdpa_flash", "adaspa", "flex"))
-    adaspa = next(l for l in speed_ax.lines if l.get_label().startswith("adaspa"))
+    # Dense providers get one line whatever the block size; sparse ones one per (provider, block size, budget).
+    assert sorted(labels[1:]) == sorted(["sdpa_cudnn", "sdpa_flash", "adaspa bs=64 uniform", "adaspa bs=128 tiered",
+                                         "flex bs=64 uniform"])
+    assert [l.get_label() for l in flops_ax.lines] == labels[1:]
+    adaspa = next(l for l in speed_ax.lines if l.get_label() == "adaspa bs=64 uniform")
     np.testing.assert_allclose(adaspa.get_xdata(), [0.1, 0.5, 1.0])
     np.testing.assert_allclose(adaspa.get_ydata(), [8.0, 10 / 6, 10 / 11])
+    flash = next(l for l in speed_ax.lines if l.get_label() == "sdpa_flash")
+    np.testing.assert_allclose(flash.get_ydata(), [10 / 17, 10 / 17])
     flex = next(l for l in flops_ax.lines if l.get_label().startswith("flex"))
     np.testing.assert_allclose(flex.get_ydata(), [300, 330])
     assert fig.get_suptitle() == "H100, 2026-11-26"
 
-    small = viz.plot_benchmark(_write_csv(tmp_path / "c.csv", rows[:3] + rows[-2:]), L=1024, baseline="adaspa")
+    only_128 = viz.plot_benchmark(tmp_path / "b.csv", block_size=128)
+    assert sorted(l.get_label() for l in only_128.axes[1].lines) == ["adaspa bs=128 tiered", "sdpa_cudnn"]
+    small = viz.plot_benchmark(tmp_path / "b.csv", L=1024, baseline="adaspa")
     assert [l.get_label() for l in small.axes[1].lines] == ["adaspa bs=64 uniform"]
     np.testing.assert_allclose(small.axes[0].lines[1].get_ydata(), [5.0, 1.0])
+
+
+def test_benchmark_reads_actual_density_and_run_columns(tmp_path):
+    header = "provider,L,block_size,density,budget,actual_density,ms,tflops,card,torch,triton,date"
+    rows = [
+        ("sdpa_cudnn", 4096, 64, 1.0, "dense", 1.0, 1.0, 600, "NVIDIA H100 80GB HBM3", "2.11.0", "3.6.0", "2026-11-26"),
+        ("adaspa", 4096, 64, 0.2, "uniform", 0.25, 0.3, 500, "NVIDIA H100 80GB HBM3", "2.11.0", "3.6.0", "2026-11-26"),
+        ("adaspa", 4096, 64, 0.1, "uniform", 0.125, 0.2, 400, "NVIDIA H100 80GB HBM3", "2.11.0", "3.6.0",
+         "2026-11-26"),
+    ]
+    fig = viz.plot_benchmark(_write_csv(tmp_path / "r.csv", rows, header))
+    line = next(l for l in fig.axes[0].lines if l.get_label().startswith("adaspa"))
+    np.testing.assert_allclose(line.get_xdata(), [0.125, 0.25])
+    assert fig.get_suptitle() == "NVIDIA H100 80GB HBM3, torch 2.11.0, triton 3.6.0, 2026-11-26"
 
 
 def test_benchmark_bad_csv(tmp_path):
