@@ -7,15 +7,16 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from adaspa.__main__ import main as cli
-from adaspa.demo import SIZES, build_parser
+from adaspa.demo import SIZES, DriftingInputs, build_parser
+from adaspa.synthetic import SyntheticVideoConfig, synthetic_qkv
+from adaspa.testing import assert_close
 
 TINY = ["demo", "--size", "tiny", "--steps", "7", "--warmup-steps", "2", "--search-steps", "2,5", "--layers", "2",
         "--block-size", "16", "--sparsity", "0.6", "--no-progress"]
 PHASES = ["dense", "dense", "search", "sparse", "sparse", "cached_search", "sparse"]
-
-
 
 
 def test_demo_end_to_end(tmp_path, capsys):
@@ -54,6 +55,17 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert math.isclose(summary["adaspa_ms"], sum(summary["ms_by_phase"].values()), rel_tol=1e-9)
     assert summary["max_error"] == max(float(r["error"]) for r in rows)
     assert "speedup_vs_sdpa" in summary and "AdaSpa" in printed and str(tmp_path) in printed
+
+
+@pytest.mark.parametrize("num_steps, drift", [(7, 0.3), (2, 0.3), (5, 0.0)])
+def test_drifting_inputs_equal_synthetic_qkv_at_every_step(num_steps, drift):
+    cfg = SyntheticVideoConfig(heads=2, head_dim=16, frames=2, height=4, width=4, text_len=8, drift=drift,
+                               num_steps=num_steps)
+    inputs = DriftingInputs(cfg, seed=5, dtype=torch.float32, device="cpu")
+    for step in range(num_steps):
+        for name, got, want in zip("qkv", inputs.at(step), synthetic_qkv(cfg, step=step, seed=5)):
+            assert_close(got, want.double(), name=f"{name} at step {step}")
+    assert torch.equal(inputs.at(0)[0], inputs.at(num_steps - 1)[0]) == (drift == 0)
 
 
 def test_no_head_adaptive_and_text_first(tmp_path):

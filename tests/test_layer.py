@@ -260,3 +260,19 @@ def test_kernels_backend_matches_reference_backend_on_cuda():
             if fast.phase == "search":
                 (o_out, _), (r_out, _) = oracle_and_reference(reference.attention, q, k, v)
             assert_close(out, o_out, r_out, name=fast.phase)
+
+
+@pytest.mark.gpu
+def test_sparse_and_cached_search_steps_do_not_sync_on_cuda():
+    q, k, v = (x.cuda().half() for x in qkv(length=1000, dim=64))
+    layer = AdaSpaAttention(warmup_steps=1, search_steps=(1, 3), block_size=64, min_seq_len=0, text_len=30)
+    for _ in range(2):
+        layer(q, k, v)  # dense, then the fused search (compiles the kernels)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            layer(q, k, v)  # sparse, cached_search, sparse
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [r.phase for r in layer.history] == ["dense", "search", "sparse", "cached_search", "sparse"]
