@@ -192,6 +192,10 @@ def plot_block_mass(mass, *, batch: int = 0, head: int = 0, layout=None, ax=None
         fig = ax.figure
     im = ax.imshow(image.numpy(), cmap="magma", interpolation="nearest", aspect="auto")
     fig.colorbar(im, ax=ax, label="log10 block mass")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if lay is not None:
         _draw_boundaries(ax, lay, *grid.shape)
     ax.set_xlabel("key block")
