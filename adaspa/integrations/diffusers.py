@@ -51,8 +51,12 @@ class ModelSpec:
         blocks: attribute names of the `ModuleList`s of transformer blocks.
         attention: attribute name of the self-attention module inside a block.
         text_position: `"first"` / `"last"` when the stock processor joins the text
-            (its `encoder_hidden_states`) to the video tokens, None when the
+            (its `encoder_hidden_states [B, T, C]`) to the video tokens, None when the
             self-attention sees video only.
+
+    Example:
+        >>> MODELS["CogVideoXTransformer3DModel"].text_position
+        'first'
     """
 
     class_name: str
@@ -72,6 +76,8 @@ MODELS = {
 }
 
 _HANDLE_ATTR = "_adaspa_handle"
+
+__all__ = ["enable_adaspa", "disable_adaspa", "AdaSpaHandle", "AdaSpaProcessor", "ModelSpec"]
 
 
 def _sdpa_arguments(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
@@ -120,8 +126,21 @@ class _RouteCoreAttention(TorchFunctionMode):
 class AdaSpaProcessor:
     """Wraps a stock diffusers attention processor; its core attention runs AdaSpa.
 
-    Holds one `AdaSpaAttention` per CFG branch (and per batch element when the
-    elements' valid key lengths differ), created on first use.
+    The stock processor runs unchanged except for its one
+    `F.scaled_dot_product_attention(q, k, v)` call (`[B, H, L, D]`), which goes to
+    `attend`. Holds `layers`: one `AdaSpaAttention` per CFG branch (keyed by the
+    branch), or per `(branch, batch index)` when the batch elements' valid key
+    lengths differ; created on first use.
+
+    Example:
+        >>> from diffusers import WanTransformer3DModel
+        >>> model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
+        ...     in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1,
+        ...     rope_max_seq_len=32)
+        >>> handle = enable_adaspa(model)
+        >>> processor = model.blocks[0].attn1.processor
+        >>> type(processor).__name__, type(processor.stock).__name__
+        ('AdaSpaProcessor', 'WanAttnProcessor')
     """
 
     def __init__(self, handle: "AdaSpaHandle", name: str, stock, text_position: Optional[str]):
@@ -203,6 +222,24 @@ class AdaSpaHandle:
         processors: `{module name: AdaSpaProcessor}` for the self-attention modules.
         step: the current 0-based denoising step (-1 before the first call).
         branch: the CFG branch of the current call (0, 1, ...).
+
+    `layers(branch)` gives each module's `AdaSpaAttention` (mask `[B, H, nq, ...]`,
+    `head_sparsity [B, H]`, `history`); `phases(branch)` its phase per step.
+
+    Example:
+        >>> import torch
+        >>> from diffusers import WanTransformer3DModel
+        >>> from adaspa import AdaSpaConfig
+        >>> model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
+        ...     in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1,
+        ...     rope_max_seq_len=32)
+        >>> handle = enable_adaspa(model, AdaSpaConfig(warmup_steps=1, search_steps=(1,), block_size=16,
+        ...                                            min_seq_len=0))
+        >>> with torch.no_grad():
+        ...     for t in (900.0, 800.0, 700.0):
+        ...         _ = model(torch.randn(1, 4, 2, 8, 8), torch.tensor([t]), torch.randn(1, 4, 16))
+        >>> handle.step, handle.phases()
+        (2, {'blocks.0.attn1': ['dense', 'search', 'sparse']})
     """
 
     def __init__(self, transformer, config: AdaSpaConfig, spec: ModelSpec):
@@ -293,6 +330,9 @@ class AdaSpaHandle:
 def enable_adaspa(transformer, config: Optional[AdaSpaConfig] = None) -> AdaSpaHandle:
     """Route the self-attention of a diffusers video transformer through AdaSpa.
 
+    Each self-attention layer's core attention (`q, k, v: [B, H, L, D]`) runs an
+    `AdaSpaAttention` per CFG branch; the step comes from the `timestep` argument.
+
     Args:
         transformer: a `WanTransformer3DModel`, `HunyuanVideoTransformer3DModel` or
             `CogVideoXTransformer3DModel` (e.g. `pipe.transformer`).
@@ -333,6 +373,9 @@ def enable_adaspa(transformer, config: Optional[AdaSpaConfig] = None) -> AdaSpaH
 
 def disable_adaspa(transformer) -> None:
     """Put the stock processors back (the very objects that were there) and remove the step hook.
+
+    Afterwards the model computes exactly what it did before `enable_adaspa`, on
+    `[B, H, L, D]` attention inputs of any size, and may be enabled again.
 
     Raises:
         ValueError: if AdaSpa is not enabled on `transformer`.
