@@ -115,7 +115,8 @@ def _upcast(x: Any) -> Any:
 
 def oracle_and_reference(fn: Callable, *args, **kwargs) -> Tuple[Any, Any]:
     """Run a reference op twice: on float64 upcasts of every floating tensor argument
-    (the oracle) and on the arguments as given (the reference). Returns `(oracle, reference)`.
+    (the oracle) and on the arguments as given (the reference). Returns `(oracle, reference)`,
+    each what `fn` returns, e.g. `(out [B, H, Lq, D], lse [B, H, Lq])` for `reference.attention`.
 
     Non-tensor arguments (a `BlockSparseMask`, `block_size`, `scale`) pass through unchanged.
 
