@@ -181,12 +181,24 @@ def run_crossover(args, env, providers, cross_rows):
                                **env})
 
 
-def write_csv(path: str, fields: List[str], rows: List[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: (f"{row[key]:.4g}" if isinstance(row[key], float) else row[key]) for key in fields})
+class CsvRows(list):
+    """A list of row dicts that also appends each row to a CSV file as it arrives.
+
+    Rows reach the disk as they are measured, so a run cut short (a time limit) keeps
+    everything it measured.
+    """
+
+    def __init__(self, path: str, fields: List[str]):
+        super().__init__()
+        self.path, self.fields = path, fields
+        with open(path, "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=fields).writeheader()
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields).writerow(
+                {key: (f"{row[key]:.4g}" if isinstance(row[key], float) else row[key]) for key in self.fields})
 
 
 def write_plots(out: str, csv_path: str, lengths, env) -> None:
@@ -247,15 +259,14 @@ def main(argv=None) -> int:
     print(f"{env['card']}, torch {env['torch']}, triton {env['triton']}, {env['date']}; "
           f"B={args.batch} H={args.heads} D={args.dim} bf16", flush=True)
     providers = Providers()
-    rows, search_rows, cross_rows = [], [], []
-    run_main(args, env, providers, rows, search_rows)
-    run_crossover(args, env, providers, cross_rows)
     bench_csv = os.path.join(args.out, "bench.csv")
-    write_csv(bench_csv, MAIN_FIELDS, rows)
-    write_csv(os.path.join(args.out, "search.csv"), SEARCH_FIELDS, search_rows)
-    write_csv(os.path.join(args.out, "crossover.csv"), CROSS_FIELDS, cross_rows)
-    write_plots(args.out, bench_csv, args.lengths, env)
+    rows = CsvRows(bench_csv, MAIN_FIELDS)
+    search_rows = CsvRows(os.path.join(args.out, "search.csv"), SEARCH_FIELDS)
+    cross_rows = CsvRows(os.path.join(args.out, "crossover.csv"), CROSS_FIELDS)
+    run_crossover(args, env, providers, cross_rows)
+    run_main(args, env, providers, rows, search_rows)
     print_table(rows, search_rows, cross_rows)
+    write_plots(args.out, bench_csv, args.lengths, env)
     return 0
 
 

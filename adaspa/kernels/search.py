@@ -109,12 +109,11 @@ def _mass_configs_prune(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
-# 2 tile heights x 2 tile widths x 2 warp counts x 2 pipeline depths = 16 before pruning;
-# tiles must hold whole blocks (BLOCK_M, MASS_N multiples of BS), which leaves 2-16 per key.
+# 2 tile heights x 2 tile widths x 2 pipeline depths = 8, with one warpgroup per 64 rows;
+# tiles must hold whole blocks (BLOCK_M, MASS_N multiples of BS), which leaves 2-8 per key.
 _MASS_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "MASS_N": bn}, num_warps=w, num_stages=s)
-    for bm in (64, 128) for bn in (64, 128) for w in (4, 8) for s in (2, 3)
-    if not (bm == 128 and w == 4)
+    triton.Config({"BLOCK_M": bm, "MASS_N": bn}, num_warps=bm // 16, num_stages=s)
+    for bm in (64, 128) for bn in (64, 128) for s in (2, 3)
 ]
 
 _block_mass_tuned = triton.autotune(
