@@ -186,14 +186,20 @@ def test_doc_code_blocks_run(path, monkeypatch):
         pytest.skip(f"{path.name} has no python blocks")
     monkeypatch.chdir(ROOT)
     namespace = {"__name__": f"docs_{path.stem}"}
-    for line, info, code in blocks:
-        if is_gpu_only(info, code) and not torch.cuda.is_available():
-            continue
-        try:
-            exec(compile(code, f"{path.relative_to(ROOT)}:{line}", "exec"), namespace)
-        except Exception as err:
-            raise AssertionError(f"{path.relative_to(ROOT)}: the python block at line {line} failed: "
-                                 f"{type(err).__name__}: {err}") from err
+    threads = torch.get_num_threads()
+    # Doc examples use small tensors: on a busy 2-core CI machine several threads mostly contend.
+    torch.set_num_threads(1)
+    try:
+        for line, info, code in blocks:
+            if is_gpu_only(info, code) and not torch.cuda.is_available():
+                continue
+            try:
+                exec(compile(code, f"{path.relative_to(ROOT)}:{line}", "exec"), namespace)
+            except Exception as err:
+                raise AssertionError(f"{path.relative_to(ROOT)}: the python block at line {line} failed: "
+                                     f"{type(err).__name__}: {err}") from err
+    finally:
+        torch.set_num_threads(threads)
 
 
 # Docstring examples that need a GPU live in modules whose doctests run only with CUDA.
