@@ -32,7 +32,15 @@ DEFAULT_CAPTION = "a red circle moving right and a yellow square moving down on 
 
 
 def default_weights_path() -> str:
-    """Path of the shipped safetensors file (it may be missing in a source checkout without weights)."""
+    """Path of the shipped safetensors file (it may be missing in a source checkout without weights).
+
+    The file holds the `TinyVideoDiT` parameters (e.g. `patch_embed.weight: [dim, 3 * patch**2]`)
+    and its `DiTConfig` as metadata.
+
+    Example:
+        >>> default_weights_path().endswith("tiny_dit.safetensors")
+        True
+    """
     return str(resources.files(__name__).joinpath("weights", "tiny_dit.safetensors"))
 
 
@@ -67,6 +75,9 @@ def load_weights(path: str, *, device="cpu", dtype: torch.dtype = torch.float32)
 
 def load_default(*, device="cpu", dtype: torch.dtype = torch.float32) -> TinyVideoDiT:
     """Load the shipped tiny DiT (no network); raises `FileNotFoundError` if the weights are missing.
+
+    The model maps a clip `[B, F, 3, H, W]`, a timestep `[B]` and caption tokens
+    `[B, text_len]` to a velocity `[B, F, 3, H, W]`.
 
     Example:
         >>> load_default().config.text_len

@@ -31,7 +31,13 @@ class DiTConfig:
     also accepts other sizes divisible by `patch` (RoPE positions are absolute).
     `pooled_text` adds the mean of the caption's token embeddings to the adaLN
     conditioning (as SD3 adds its pooled text embedding), a direct global path
-    for the caption besides the joint attention.
+    for the caption besides the joint attention. The joint sequence is
+    `L = text_len + frames * (height / patch) * (width / patch)` tokens, text first;
+    each attention layer sees `q, k, v: [B, heads, L, dim / heads]`.
+
+    Example:
+        >>> DiTConfig().video_tokens(), DiTConfig().head_dim
+        (2048, 32)
     """
 
     dim: int = 256
