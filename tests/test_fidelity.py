@@ -53,6 +53,7 @@ def test_default_runs_cover_the_table_and_the_sweeps():
         (m, s) for m in ("adaspa", "adaspa_no_tiers", "adaspa_no_lse_cache", "svg_like", "pooled_qk", "window",
                          "random") for s in (0.7, 0.8, 0.9)}
     assert all(r.warmup_steps == 10 and r.search_steps == (10, 30) for r in main)
+    assert [(r.method, r.sparsity) for r in runs if r.group == "floor"] == [("adaspa_no_tiers", 0.0)]
     assert [(r.warmup_steps, r.search_steps) for r in runs if r.group == "warmup"] == [(0, (0, 30)), (2, (2, 30)),
                                                                                         (5, (5, 30))]
     assert [r.search_steps for r in default_runs(20) if r.group == "search"] == [(4,), (4, 8, 12), (4, 8, 12, 16)]
