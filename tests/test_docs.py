@@ -34,6 +34,7 @@ PUBLIC_MODULES = [
     "adaspa.testing",
     "adaspa.viz",
     "adaspa.integrations.diffusers",
+    "adaspa.models",
 ]
 
 
@@ -178,28 +179,31 @@ def test_fence_conventions(tmp_path):
 DOC_FILES = sorted(DOCS.glob("*.md")) + [ROOT / "README.md"]
 
 
+@pytest.fixture
+def one_thread():
+    """Doc examples use small tensors: on a busy 2-core CI machine several threads mostly contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_doc_code_blocks_run(path, monkeypatch):
+def test_doc_code_blocks_run(path, monkeypatch, one_thread):
     pytest.importorskip("matplotlib").use("Agg")
     blocks = python_blocks(path)
     if not blocks:
         pytest.skip(f"{path.name} has no python blocks")
     monkeypatch.chdir(ROOT)
     namespace = {"__name__": f"docs_{path.stem}"}
-    threads = torch.get_num_threads()
-    # Doc examples use small tensors: on a busy 2-core CI machine several threads mostly contend.
-    torch.set_num_threads(1)
-    try:
-        for line, info, code in blocks:
-            if is_gpu_only(info, code) and not torch.cuda.is_available():
-                continue
-            try:
-                exec(compile(code, f"{path.relative_to(ROOT)}:{line}", "exec"), namespace)
-            except Exception as err:
-                raise AssertionError(f"{path.relative_to(ROOT)}: the python block at line {line} failed: "
-                                     f"{type(err).__name__}: {err}") from err
-    finally:
-        torch.set_num_threads(threads)
+    for line, info, code in blocks:
+        if is_gpu_only(info, code) and not torch.cuda.is_available():
+            continue
+        try:
+            exec(compile(code, f"{path.relative_to(ROOT)}:{line}", "exec"), namespace)
+        except Exception as err:
+            raise AssertionError(f"{path.relative_to(ROOT)}: the python block at line {line} failed: "
+                                 f"{type(err).__name__}: {err}") from err
 
 
 # Docstring examples that need a GPU live in modules whose doctests run only with CUDA.
@@ -207,7 +211,7 @@ GPU_DOCTEST_MODULES = {"adaspa.kernels"}
 
 
 @pytest.mark.parametrize("module_name", PUBLIC_MODULES)
-def test_docstring_examples_run(module_name):
+def test_docstring_examples_run(module_name, one_thread):
     if module_name in GPU_DOCTEST_MODULES and not torch.cuda.is_available():
         pytest.skip(f"{module_name}'s examples need CUDA")
     pytest.importorskip("matplotlib").use("Agg")
