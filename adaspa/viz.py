@@ -505,7 +505,7 @@ def plot_schedule(phases_per_layer, *, ax=None):
     return fig
 
 
-def plot_recall_over_steps(recalls, *, steps=None, phases=None, ax=None):
+def plot_recall_over_steps(recalls, *, steps=None, phases=None, ax=None, title: str = "recall of the mask in use"):
     """Recall of the mask in use at every denoising step, with the phases shaded.
 
     Args:
@@ -517,6 +517,7 @@ def plot_recall_over_steps(recalls, *, steps=None, phases=None, ax=None):
         phases: optional phase string per step (`[S]`); each step's background
             is shaded with its `PHASE_COLORS` color.
         ax: draw into this `Axes` instead of a new figure.
+        title: the axes title.
 
     Returns:
         A `Figure` with one line per series, y in [0, 1].
@@ -569,7 +570,7 @@ def plot_recall_over_steps(recalls, *, steps=None, phases=None, ax=None):
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("denoising step")
     ax.set_ylabel("recall")
-    ax.set_title("recall of the mask in use")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     handles, _ = ax.get_legend_handles_labels()
     ax.legend(handles=handles + phase_handles, fontsize=8, loc="lower left")
