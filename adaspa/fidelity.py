@@ -636,8 +636,15 @@ def findings(rows: list) -> list:
     return out
 
 
+KEEP_MARKER = "<!-- written by hand below this line; python -m adaspa.fidelity keeps it -->"
+
+
 def write_report(result: dict, path: str, *, card: str, plot_name: Optional[str] = None, notes: str = "") -> str:
-    """Write the markdown report of `run_benchmark`'s `result` to `path`; returns the text."""
+    """Write the markdown report of `run_benchmark`'s `result` to `path`; returns the text.
+
+    Whatever an existing file at `path` holds below `KEEP_MARKER` (a hand-written
+    discussion of the numbers) is carried over to the new file.
+    """
     rows = result["rows"]
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     main = [r for r in rows if r["group"] in ("main", "floor")]
@@ -684,7 +691,14 @@ def write_report(result: dict, path: str, *, card: str, plot_name: Optional[str]
     ]
     if plot_name:
         text += [f"![fidelity plot]({plot_name})", ""]
-    out = "\n".join(text)
+    kept = ""
+    if os.path.exists(path):
+        with open(path) as fh:
+            old = fh.read()
+        if KEEP_MARKER in old:
+            kept = old.split(KEEP_MARKER, 1)[1]
+    text += [KEEP_MARKER]
+    out = "\n".join(text) + (kept if kept else "\n")
     with open(path, "w") as fh:
         fh.write(out)
     return out

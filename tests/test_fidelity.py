@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from adaspa import AdaSpaConfig, BlockSparseMask
-from adaspa.fidelity import (Layout, MaskScheduleAttention, RunSpec, default_runs, findings, plot_fidelity, psnr,
+from adaspa.fidelity import (KEEP_MARKER, Layout, MaskScheduleAttention, RunSpec, default_runs, findings, plot_fidelity, psnr,
                              run_benchmark, ssim, write_report)
 from adaspa.models import DiTConfig, TinyVideoDiT
 
@@ -118,6 +118,11 @@ def test_report_and_plot(tiny_result, tmp_path):
     text = write_report(tiny_result, str(tmp_path / "fidelity.md"), card="test card", plot_name="fidelity.png")
     assert "test card" in text and "| AdaSpa | 0.8 |" in text
     assert (tmp_path / "fidelity.md").read_text() == text
+    path = tmp_path / "fidelity.md"
+    path.write_text(text + "\nA hand-written discussion.\n")
+    again = write_report(tiny_result, str(path), card="another card")
+    assert "another card" in again and again.endswith("A hand-written discussion.\n")
+    assert again.count(KEEP_MARKER) == 1
     lines = findings(tiny_result["rows"])
     assert lines and lines[0].startswith("Sparsity 0.0") is False
     fig = plot_fidelity(tiny_result["rows"])
