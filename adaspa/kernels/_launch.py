@@ -25,6 +25,17 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = 1.4426950408889634
 
 
+#: Shared-memory bytes a config may plan for (H100/H200 allow 227 KiB per block; Triton
+#: adds buffers for layout conversions, so the estimate below leaves room).
+SMEM_BUDGET = 200 * 1024
+
+
+def smem_estimate(num_stages: int, block_m: int, block_n: int, block_d: int, with_v: bool = True) -> int:
+    """Bytes of shared memory a config's pipelined K (and V) tiles and its Q / P tiles need, in 2-byte types."""
+    kv = num_stages * block_n * block_d * 2 * (2 if with_v else 1)
+    return kv + 2 * block_m * block_d * 2
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (`TRITON_INTERPRET=1`)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

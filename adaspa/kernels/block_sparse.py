@@ -23,7 +23,7 @@ import triton.language as tl
 
 from .._validation import check_attention_inputs, check_mask_matches, resolve_scale
 from ._launch import (dot, to_dtype, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, padded_head_dim,
-                      strides4, use_autotune)
+                      strides4, use_autotune, SMEM_BUDGET, smem_estimate)
 
 
 @triton.jit
@@ -69,19 +69,27 @@ def _block_sparse_attention_fwd_kernel(
     b_l = tl.zeros([BS], tl.float32)
     b_acc = tl.zeros([BS, BLOCK_D], tl.float32)
     for it in range(0, tl.cdiv(n_kept, KPI)):
-        # Slot of the kept list each key row of the tile comes from. [BLOCK_N]
-        o_slot = it * KPI + o_n // BS
-        m_slot = o_slot < n_kept
-        b_blk = tl.load(p_idx + o_slot, mask=m_slot, other=0)
-        o_key = (b_blk * BS + o_n % BS).to(tl.int64)
-        m_key = m_slot & (o_key < LK)
+        if KPI == 1:
+            # One kept block per tile: a scalar index and contiguous rows, which the
+            # pipeliner turns into plain async copies.
+            b_blk = tl.load(p_idx + it)
+            o_key = b_blk.to(tl.int64) * BS + o_n
+            m_key = o_key < LK
+        else:
+            # Slot of the kept list each key row of the tile comes from. [BLOCK_N]
+            o_slot = it * KPI + o_n // BS
+            m_slot = o_slot < n_kept
+            b_blk = tl.load(p_idx + o_slot, mask=m_slot, other=0)
+            o_key = (b_blk * BS + o_n % BS).to(tl.int64)
+            m_key = m_slot & (o_key < LK)
         b_kt = tl.load(k_base + o_key[None, :] * stride_kn + o_d[:, None] * stride_kd,
                        mask=m_d[:, None] & m_key[None, :], other=0.0)
         b_v = tl.load(v_base + o_key[:, None] * stride_vn + o_d[None, :] * stride_vd,
                       mask=m_key[:, None] & m_d[None, :], other=0.0)
+        # -inf on masked keys, added in the same FMA as the scale (a select per score costs more).
+        b_bias = tl.where(m_key, 0.0, float("-inf"))
         # [BS, BLOCK_N], log2 domain; every tile holds >= 1 valid key, so b_m_new is finite.
-        b_s = dot(b_q, b_kt, PRECISION) * qk_scale
-        b_s = tl.where(m_key[None, :], b_s, float("-inf"))
+        b_s = dot(b_q, b_kt, PRECISION) * qk_scale + b_bias[None, :]
         b_m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
         b_alpha = tl.math.exp2(b_m - b_m_new)
         b_p = tl.math.exp2(b_s - b_m_new[:, None])
@@ -101,14 +109,15 @@ def _block_sparse_attention_fwd_kernel(
 def _sparse_configs_prune(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     bs = args["BS"]
-    kept = [c for c in configs if 64 <= c.kwargs["KPI"] * bs <= 256 and c.num_warps == max(4, bs // 16)]
+    kept = [c for c in configs if 64 <= c.kwargs["KPI"] * bs <= 256 and c.num_warps == max(4, bs // 16)
+            and smem_estimate(c.num_stages, bs, c.kwargs["KPI"] * bs, args["BLOCK_D"]) <= SMEM_BUDGET]
     return kept or configs[:1]
 
 
 # Key blocks gathered per iteration (1, 2, 4) x warps (4, 8) x pipeline depth (2, 3) = 12;
-# the pruning keeps one warpgroup per 64 query rows (4 warps at block 64, 8 at 128) and a
-# key tile 64-256 wide (narrower wastes the tensor cores, wider spills): 6 configs at
-# block 64, 4 at block 128.
+# the pruning keeps one warpgroup per 64 query rows (4 warps at block 64, 8 at 128), a
+# key tile 64-256 wide (narrower wastes the tensor cores) and the pipelined tiles within
+# shared memory: 4 configs at block 64, 2 at block 128 for D = 128.
 _SPARSE_CONFIGS = [
     triton.Config({"KPI": kpi}, num_warps=w, num_stages=s)
     for kpi in (1, 2, 4) for w in (4, 8) for s in (2, 3)

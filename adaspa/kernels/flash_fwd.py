@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .._validation import check_attention_inputs, check_block_size, num_blocks, resolve_scale
 from ._launch import (dot, to_dtype, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, padded_head_dim,
-                      strides4, use_autotune)
+                      strides4, use_autotune, SMEM_BUDGET, smem_estimate)
 from .search import _mass_tile, fixed_tile
 
 
@@ -120,14 +120,15 @@ def _attention_configs_prune(configs, named_args, **kwargs):
     bs, block_d, with_mass = args["BS"], args["BLOCK_D"], args["WITH_MASS"]
     kept = [c for c in configs
             if not (with_mass and (c.kwargs["BLOCK_M"] % bs or c.kwargs["BLOCK_N"] % bs))
-            and not (block_d > 128 and c.kwargs["BLOCK_M"] > 64)]
+            and not (block_d > 128 and c.kwargs["BLOCK_M"] > 64)
+            and smem_estimate(c.num_stages, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], block_d) <= SMEM_BUDGET]
     return kept or configs[:1]
 
 
 # Tile heights 64/128 x widths 64/128 x pipeline depth 2/3, with 4 warps for 64-row tiles
 # and 8 for 128-row tiles (one warpgroup per 64 rows, as wgmma wants): 8 configs, few
 # enough that a first call compiles them in seconds. The fused search also needs tiles
-# holding whole blocks, which leaves 2-8 per key.
+# holding whole blocks and the shared-memory budget leave 2-7 per key.
 _ATTENTION_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=bm // 16, num_stages=s)
     for bm in (64, 128) for bn in (64, 128) for s in (2, 3)

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .._validation import check_attention_inputs, check_block_size, num_blocks, resolve_scale
 from ._launch import (dot, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, padded_head_dim,
-                      strides4, use_autotune)
+                      strides4, use_autotune, SMEM_BUDGET, smem_estimate)
 
 
 @triton.jit
@@ -105,7 +105,9 @@ def _mass_configs_prune(configs, named_args, **kwargs):
     bs, block_d = args["BS"], args["BLOCK_D"]
     kept = [c for c in configs
             if c.kwargs["BLOCK_M"] % bs == 0 and c.kwargs["MASS_N"] % bs == 0
-            and not (block_d > 128 and c.kwargs["BLOCK_M"] > 64)]
+            and not (block_d > 128 and c.kwargs["BLOCK_M"] > 64)
+            and smem_estimate(c.num_stages, c.kwargs["BLOCK_M"], c.kwargs["MASS_N"], block_d, with_v=False)
+            <= SMEM_BUDGET]
     return kept or configs[:1]
 
 
