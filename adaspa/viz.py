@@ -643,6 +643,7 @@ def plot_benchmark(csv_path, *, L: Optional[int] = None, block_size: Optional[in
         >>> sorted(line.get_label() for line in fig.axes[1].lines)
         ['adaspa bs=64 uniform', 'sdpa_cudnn']
     """
+    matplotlib, _ = _mpl()
     rows = _read_benchmark(csv_path)
     lengths = sorted({r["L"] for r in rows})
     if L is None:
@@ -676,18 +677,26 @@ def plot_benchmark(csv_path, *, L: Optional[int] = None, block_size: Optional[in
     densities = sorted({r["x"] for r in rows})
     ideal, = speed_ax.plot(densities, [1 / d for d in densities], color="gray", linestyle=":",
                            label="ideal 1/density")
+    # One color per provider (and budget), one line style and marker per block size, so a
+    # dozen lines stay apart; dense providers are dashed horizontal lines.
+    color_keys = list(dict.fromkeys(key[:1] + key[2:] for key in groups))
+    palette = matplotlib.colormaps["tab10" if len(color_keys) <= 10 else "tab20"]
+    colors = {key: palette(i % palette.N) for i, key in enumerate(color_keys)}
+    block_sizes = sorted({key[1] for key in groups if len(key) == 3})
+    styles = {bs: ("-o", "-.s", ":^", "--v")[i % 4] for i, bs in enumerate(block_sizes)}
     for key, group in groups.items():
         group.sort(key=lambda r: r["x"])
+        color = colors[key[:1] + key[2:]]
         if len(key) == 1:
             label = key[0]
-            line = speed_ax.axhline(base_ms / min(r["ms"] for r in group), linestyle="--", label=label)
-            flops_ax.axhline(max(r["tflops"] for r in group), linestyle="--", color=line.get_color(), label=label)
+            speed_ax.axhline(base_ms / min(r["ms"] for r in group), linestyle="--", color=color, label=label)
+            flops_ax.axhline(max(r["tflops"] for r in group), linestyle="--", color=color, label=label)
             continue
         provider, bs, budget = key
         label = f"{provider} bs={bs}" + (f" {budget}" if budget else "")
         d = [r["x"] for r in group]
-        line, = speed_ax.plot(d, [base_ms / r["ms"] for r in group], marker="o", label=label)
-        flops_ax.plot(d, [r["tflops"] for r in group], marker="o", color=line.get_color(), label=label)
+        speed_ax.plot(d, [base_ms / r["ms"] for r in group], styles[bs], color=color, markersize=4, label=label)
+        flops_ax.plot(d, [r["tflops"] for r in group], styles[bs], color=color, markersize=4, label=label)
     for ax in (speed_ax, flops_ax):
         ax.set_xscale("log")
         ax.set_xlabel("density (fraction of query-key pairs kept)")

@@ -213,6 +213,11 @@ def test_benchmark_lines_per_provider_and_speedups(tmp_path):
     flex = next(l for l in flops_ax.lines if l.get_label().startswith("flex"))
     np.testing.assert_allclose(flex.get_ydata(), [300, 330])
     assert fig.get_suptitle() == "H100, 2026-11-26"
+    colors = {l.get_label(): matplotlib.colors.to_hex(l.get_color()) for l in speed_ax.lines[1:]}
+    assert len({colors["sdpa_cudnn"], colors["sdpa_flash"], colors["adaspa bs=64 uniform"],
+                colors["flex bs=64 uniform"], colors["adaspa bs=128 tiered"]}) == 5
+    styles = {l.get_label(): (l.get_linestyle(), l.get_marker()) for l in speed_ax.lines[1:]}
+    assert styles["adaspa bs=64 uniform"] != styles["adaspa bs=128 tiered"]
 
     only_128 = viz.plot_benchmark(tmp_path / "b.csv", block_size=128)
     assert sorted(l.get_label() for l in only_128.axes[1].lines) == ["adaspa bs=128 tiered", "sdpa_cudnn"]
