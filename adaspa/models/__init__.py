@@ -48,12 +48,13 @@ def load_weights(path: str, *, device="cpu", dtype: torch.dtype = torch.float32)
     """Build a `TinyVideoDiT` from a safetensors file written by `adaspa.models.train`.
 
     The file's metadata holds the `DiTConfig` (key "config") and the training
-    record (key "train", exposed as `model.train_info`). Returns the model in eval mode.
+    record (key "train", exposed as `model.train_info`). Returns the model in eval
+    mode; it maps clips `[B, F, 3, H, W]` and token ids `[B, text_len]` to velocities.
 
     Example:
         >>> model = load_weights(default_weights_path())
-        >>> model.config.depth, model.train_info["card"]  # doctest: +SKIP
-        (8, 'NVIDIA H100 80GB HBM3')
+        >>> model.config.depth, model.train_info["card"]
+        (8, 'NVIDIA H200')
     """
     try:
         from safetensors import safe_open
