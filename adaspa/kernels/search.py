@@ -145,6 +145,7 @@ def block_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, block_siz
     Example:
         >>> q = torch.randn(1, 2, 200, 64, device="cuda", dtype=torch.bfloat16)
         >>> k = torch.randn(1, 2, 300, 64, device="cuda", dtype=torch.bfloat16)
+        >>> from adaspa.kernels import attention
         >>> _, lse = attention(q, k, k)
         >>> block_mass(q, k, lse, block_size=64).shape
         torch.Size([1, 2, 4, 5])
