@@ -389,6 +389,13 @@ def _save(out, rows, summary, layers, layer_recalls, workload, first_search, con
     return [str(p) for p in written]
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except on on/off flags, where "(default: True)" of a --no-... flag misleads."""
+
+    def _get_help_string(self, action):
+        return action.help if action.nargs == 0 else super()._get_help_string(action)
+
+
 def build_parser(prog: str = "python -m adaspa demo") -> argparse.ArgumentParser:
     """The demo's command line; every option maps to a `DemoOptions` field."""
     d = DemoOptions()
@@ -397,7 +404,7 @@ def build_parser(prog: str = "python -m adaspa demo") -> argparse.ArgumentParser
         description="Run a full AdaSpa schedule on a synthetic video-DiT attention workload and show, per "
                     "denoising step, the phase, the kept density, the recall of the mask against the exact "
                     "dense attention, the relative output error and the time; then a summary and PNGs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--workload", choices=WORKLOADS, default=d.workload,
                    help="'synthetic': adaspa.synthetic q/k/v drifting over steps; 'model': the tiny trained "
