@@ -30,10 +30,21 @@ LOG2E = 1.4426950408889634
 SMEM_BUDGET = 200 * 1024
 
 
-def smem_estimate(num_stages: int, block_m: int, block_n: int, block_d: int, with_v: bool = True) -> int:
-    """Bytes of shared memory a config's pipelined K (and V) tiles and its Q / P tiles need, in 2-byte types."""
-    kv = num_stages * block_n * block_d * 2 * (2 if with_v else 1)
-    return kv + 2 * block_m * block_d * 2
+def smem_estimate(num_stages: int, block_m: int, block_n: int, block_d: int, with_v: bool = True,
+                  elem_bytes: int = 2) -> int:
+    """Bytes of shared memory for a config's pipelined K (and V) tiles plus its Q / P tiles."""
+    kv = max(num_stages, 1) * block_n * block_d * elem_bytes * (2 if with_v else 1)
+    return kv + 2 * block_m * block_d * elem_bytes
+
+
+def fixed_config(block_m: int, block_n: int, block_d: int, elem_bytes: int, with_v: bool = True) -> dict:
+    """`num_warps` / `num_stages` for the untuned path (fp32, odd D, test block sizes, interpreter).
+
+    One warpgroup per 64 rows; two pipeline stages when they fit the shared-memory budget
+    (fp32 or D = 256 tiles often do not), else one.
+    """
+    stages = 2 if smem_estimate(2, block_m, block_n, block_d, with_v, elem_bytes) <= SMEM_BUDGET else 1
+    return {"num_warps": 4 if block_m <= 64 else 8, "num_stages": stages}
 
 
 def interpreting() -> bool:

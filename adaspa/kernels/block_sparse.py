@@ -23,7 +23,7 @@ import triton.language as tl
 
 from .._validation import check_attention_inputs, check_mask_matches, resolve_scale
 from ._launch import (dot, to_dtype, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, padded_head_dim,
-                      strides4, use_autotune, SMEM_BUDGET, smem_estimate)
+                      strides4, use_autotune, SMEM_BUDGET, smem_estimate, fixed_config)
 
 
 @triton.jit
@@ -157,7 +157,8 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=True):
         _block_sparse_tuned[grid](*args, **meta)
     else:
         kpi = max(1, 64 // bs)
-        _block_sparse_attention_fwd_kernel[grid](*args, **meta, KPI=kpi, num_warps=4, num_stages=2)
+        _block_sparse_attention_fwd_kernel[grid](*args, **meta, KPI=kpi,
+                                                 **fixed_config(bs, kpi * bs, block_d, q.element_size()))
     return out, lse
 
 

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .._validation import check_attention_inputs, check_block_size, num_blocks, resolve_scale
 from ._launch import (dot, to_dtype, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, padded_head_dim,
-                      strides4, use_autotune, SMEM_BUDGET, smem_estimate)
+                      strides4, use_autotune, SMEM_BUDGET, smem_estimate, fixed_config)
 from .search import _mass_tile, fixed_tile
 
 
@@ -159,7 +159,7 @@ def _launch(q, k, v, *, block_size, scale, with_mass):
     else:
         tile = fixed_tile(block_size, block_d)
         _attention_fwd_kernel[(triton.cdiv(LQ, tile), B * H)](
-            *args, **meta, BLOCK_M=tile, BLOCK_N=tile, num_warps=4, num_stages=2)
+            *args, **meta, BLOCK_M=tile, BLOCK_N=tile, **fixed_config(tile, tile, block_d, q.element_size()))
     return out, lse, mass
 
 

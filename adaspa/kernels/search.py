@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .._validation import check_attention_inputs, check_block_size, num_blocks, resolve_scale
 from ._launch import (dot, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, padded_head_dim,
-                      strides4, use_autotune, SMEM_BUDGET, smem_estimate)
+                      strides4, use_autotune, SMEM_BUDGET, smem_estimate, fixed_config)
 
 
 @triton.jit
@@ -124,7 +124,8 @@ _block_mass_tuned = triton.autotune(
 
 
 def fixed_tile(bs: int, block_d: int) -> int:
-    """Tile edge for the untuned path (interpreter, fp32, odd D): one block, at least 64 wide."""
+    """Tile edge for the untuned path (interpreter, fp32, odd D): whole blocks, at least 64 wide
+    (32 at D > 128, where a 64 x 256 fp32 accumulator already fills the registers)."""
     return max(bs, 64) if block_d <= 128 else max(bs, 32)
 
 
@@ -168,5 +169,6 @@ def block_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, block_siz
     else:
         tile = fixed_tile(block_size, block_d)
         _block_mass_fwd_kernel[(triton.cdiv(LQ, tile), B * H)](
-            *args, **meta, BLOCK_M=tile, MASS_N=tile, num_warps=4, num_stages=2)
+            *args, **meta, BLOCK_M=tile, MASS_N=tile,
+            **fixed_config(tile, tile, block_d, q.element_size(), with_v=False))
     return mass
