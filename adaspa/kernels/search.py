@@ -17,8 +17,8 @@ import triton
 import triton.language as tl
 
 from .._validation import check_attention_inputs, check_block_size, num_blocks, resolve_scale
-from ._launch import (dot, LOG2E, check_kernel_block_size, check_kernel_inputs, dot_precision, padded_head_dim,
-                      strides4, use_autotune, SMEM_BUDGET, smem_estimate, fixed_config)
+from ._launch import (LOG2E, SMEM_BUDGET, check_kernel_block_size, check_kernel_inputs, dot, dot_precision,
+                      fixed_config, padded_head_dim, smem_estimate, strides4, use_autotune)
 
 
 @triton.jit
