@@ -15,6 +15,7 @@ import doctest
 import importlib
 import inspect
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,8 @@ def test_fence_conventions(tmp_path):
 
 
 DOC_FILES = sorted(DOCS.glob("*.md")) + [ROOT / "README.md"]
+# The examples of one doc file together; they run in every CI run, so they must be quick.
+DOC_BUDGET_S = 60
 
 
 @pytest.fixture
@@ -196,6 +199,7 @@ def test_doc_code_blocks_run(path, monkeypatch, one_thread):
         pytest.skip(f"{path.name} has no python blocks")
     monkeypatch.chdir(ROOT)
     namespace = {"__name__": f"docs_{path.stem}"}
+    start = time.perf_counter()
     for line, info, code in blocks:
         if is_gpu_only(info, code) and not torch.cuda.is_available():
             continue
@@ -204,6 +208,9 @@ def test_doc_code_blocks_run(path, monkeypatch, one_thread):
         except Exception as err:
             raise AssertionError(f"{path.relative_to(ROOT)}: the python block at line {line} failed: "
                                  f"{type(err).__name__}: {err}") from err
+    elapsed = time.perf_counter() - start
+    assert elapsed < DOC_BUDGET_S, (f"{path.relative_to(ROOT)}: its python blocks took {elapsed:.0f} s; doc examples "
+                                    f"must stay under {DOC_BUDGET_S} s on the CI CPU (cut the sizes or mark the block gpu)")
 
 
 # Docstring examples that need a GPU live in modules whose doctests run only with CUDA.
