@@ -4,8 +4,9 @@
 - `docs/api.md` has an entry for every public name, every entry names something
   that exists, and a signature written in an entry equals the code's.
 - Every ```python block of `docs/*.md` and `README.md` runs (blocks of one file
-  share a namespace, in order), except blocks marked GPU-only: the fence
-  ```python gpu, or `# gpu-only` as the block's first line (docs/testing.md).
+  share a namespace, in order, in an empty temporary directory), except blocks
+  marked GPU-only: the fence ```python gpu, or `# gpu-only` as the block's first
+  line (docs/testing.md).
 - The docstring examples of the public modules run as doctests.
 """
 
@@ -192,12 +193,13 @@ def one_thread():
 
 
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_doc_code_blocks_run(path, monkeypatch, one_thread):
+def test_doc_code_blocks_run(path, monkeypatch, one_thread, tmp_path):
     pytest.importorskip("matplotlib").use("Agg")
     blocks = python_blocks(path)
     if not blocks:
         pytest.skip(f"{path.name} has no python blocks")
-    monkeypatch.chdir(ROOT)
+    # An empty working directory: files an example writes land there, not in the checkout.
+    monkeypatch.chdir(tmp_path)
     namespace = {"__name__": f"docs_{path.stem}"}
     start = time.perf_counter()
     for line, info, code in blocks:
