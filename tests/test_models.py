@@ -161,3 +161,15 @@ def test_save_video_writes_a_readable_gif(tmp_path):
     assert frames.shape[:3] == (3, 16, 16)
     with pytest.raises(ValueError, match="video"):
         save_video(torch.rand(3, 8, 8), str(tmp_path / "bad.gif"))
+
+
+def test_capture_block_mass_rows_sum_to_query_counts(model):
+    from adaspa.models import capture_block_mass
+
+    mass = capture_block_mass(model, CAPTION, step=1, steps=3, frames=2)  # 8 + 512 = 520 tokens, 9 blocks
+    assert mass.shape == (8, 8, 9, 9)
+    expected = torch.tensor([64.0] * 8 + [8.0])
+    assert torch.allclose(mass.sum(-1), expected.expand(8, 8, 9), rtol=1e-4)
+    assert all(isinstance(a, DenseAttention) for a in model.attention)
+    with pytest.raises(ValueError, match="step"):
+        capture_block_mass(model, CAPTION, step=3, steps=3)

@@ -21,11 +21,13 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from .analysis import capture_block_mass
 from .data import TEXT_LEN, VOCAB, sample_batch, tokenize
 from .dit import DenseAttention, DiTConfig, TinyVideoDiT
 from .sample import euler_sample
 
-__all__ = ["DenseAttention", "DiTConfig", "TinyVideoDiT", "VOCAB", "TEXT_LEN", "default_weights_path",
+__all__ = ["DenseAttention", "DiTConfig", "TinyVideoDiT", "VOCAB", "TEXT_LEN", "capture_block_mass",
+           "default_weights_path",
            "euler_sample", "generate", "load_default", "load_weights", "sample_batch", "save_video", "tokenize"]
 
 DEFAULT_CAPTION = "a red circle moving right and a yellow square moving down on stripes"

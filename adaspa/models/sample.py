@@ -27,6 +27,7 @@ def euler_sample(
     height: Optional[int] = None,
     width: Optional[int] = None,
     callback: Optional[Callable[[int, torch.Tensor], None]] = None,
+    stop_at: Optional[int] = None,
 ) -> torch.Tensor:
     """Sample clips `[B, F, C, H, W]` in about [-1, 1] for token ids `tokens [B, text_len]`.
 
@@ -34,7 +35,8 @@ def euler_sample(
     halves run as one batch of `2B`, so per-batch-element attention state (AdaSpa's
     masks) is kept apart for the two. `noise` (same shape as the output) overrides
     the seeded starting noise. `callback(step, x)` is called after every step.
-    Resets the model's attention state first.
+    `stop_at` ends the loop before that step (the schedule is still that of
+    `steps`), returning the partly denoised state. Resets the model's attention state first.
 
     Example:
         >>> from adaspa.models.dit import TinyVideoDiT, DiTConfig
@@ -61,7 +63,7 @@ def euler_sample(
     if guided:
         tokens = torch.cat([tokens, torch.zeros_like(tokens)])
     model.reset_attention()
-    for i in range(steps):
+    for i in range(steps if stop_at is None else min(stop_at, steps)):
         t = torch.full((x.shape[0] * (2 if guided else 1),), i / steps, device=device)
         inp = (torch.cat([x, x]) if guided else x).to(dtype)
         velocity = model(inp, t, tokens, step=i).float()
