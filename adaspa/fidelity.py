@@ -389,10 +389,6 @@ def method_factory(spec: RunSpec, layout: Layout, *, backend: str = "auto") -> C
     raise ValueError(f"method must be one of {METHODS}, got {spec.method!r}")
 
 
-def _timer_of(attn) -> _Timer:
-    return attn.timer
-
-
 def sample_with(model, tokens, noise, factory, *, steps: int, guidance: float) -> dict:
     """Sample with every layer's attention from `factory`; return clips in [0, 1] and the measured use."""
     from .models.sample import euler_sample
@@ -400,7 +396,7 @@ def sample_with(model, tokens, noise, factory, *, steps: int, guidance: float) -
     layers = model.set_attention(factory)
     start = time.perf_counter()
     video = euler_sample(model, tokens, steps=steps, guidance=guidance, noise=noise)
-    attn_ms = sum(_timer_of(a).total_ms() for a in layers)
+    attn_ms = sum(a.timer.total_ms() for a in layers)
     wall = time.perf_counter() - start
     records = [r for a in layers for r in a.history]
     overall = [1.0 if r.density is None else float(r.density.float().mean()) for r in records]
