@@ -1,8 +1,9 @@
 """Command line of adaspa: `python -m adaspa <command> [options]`.
 
 Commands:
-    demo    run a full AdaSpa schedule on a synthetic video-DiT workload and show
-            phases, density, recall, error and time per step (see `adaspa.demo`).
+    demo    generate a clip with the shipped tiny video DiT, densely and with AdaSpa,
+            and compare them (or, with --workload synthetic, run a full schedule on
+            synthetic attention and show phases, density, recall, error and time per step).
 
 Example:
     python -m adaspa demo --help
@@ -20,7 +21,7 @@ def _demo(argv):
     return main(argv)
 
 
-COMMANDS = {"demo": (_demo, "run a full AdaSpa schedule on a synthetic video-DiT workload and report it")}
+COMMANDS = {"demo": (_demo, "generate a clip densely and with AdaSpa, or run the schedule on synthetic attention")}
 
 
 def main(argv=None) -> int:

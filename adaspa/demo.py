@@ -1,5 +1,7 @@
 """`python -m adaspa demo`: run a full AdaSpa schedule and show what it does.
 
+The default workload is the shipped tiny video DiT (`adaspa.demo_video`). This
+module runs the other one, `--workload synthetic`, and the command line of both.
 On the synthetic video-DiT workload (`adaspa.synthetic`: text + frames, heads of
 four kinds, inputs drifting over the denoising steps) every layer gets its own
 `AdaSpaAttention` and runs the whole schedule. At every step the demo also
@@ -38,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import AdaSpaConfig
+from .demo_video import CPU_STEPS, VideoDemoOptions, format_video_report, paper_schedule, run_video_demo
 from .layer import AdaSpaAttention, _ops_for
 from .selection import recall
 from .synthetic import HEAD_KINDS, SyntheticVideoConfig, synthetic_qkv
@@ -96,8 +99,7 @@ def _resolve(options: DemoOptions):
     if options.workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {WORKLOADS}, got {options.workload!r}")
     if options.workload == "model":
-        raise NotImplementedError("the 'model' workload (the tiny trained video DiT of adaspa.models) is not "
-                                  "wired into the demo yet; run the default --workload synthetic")
+        raise ValueError("run_demo runs the synthetic workload; the model workload is adaspa.demo_video")
     device = options.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -401,30 +403,43 @@ def build_parser(prog: str = "python -m adaspa demo") -> argparse.ArgumentParser
     d = DemoOptions()
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Run a full AdaSpa schedule on a synthetic video-DiT attention workload and show, per "
-                    "denoising step, the phase, the kept density, the recall of the mask against the exact "
+        description="Show AdaSpa at work. Default (--workload model): the shipped tiny video DiT generates a "
+                    "clip with dense attention and with AdaSpa from the same noise; prints the schedule, "
+                    "PSNR/SSIM and attention times, writes both clips as GIFs and the selected masks. "
+                    "--workload synthetic: a full schedule on synthetic video-DiT attention, showing per "
+                    "denoising step the phase, the kept density, the recall of the mask against the exact "
                     "dense attention, the relative output error and the time; then a summary and PNGs.",
         formatter_class=_HelpFormatter,
     )
-    p.add_argument("--workload", choices=WORKLOADS, default=d.workload,
-                   help="'synthetic': adaspa.synthetic q/k/v drifting over steps; 'model': the tiny trained "
-                        "video DiT (not wired in yet)")
+    p.add_argument("--workload", choices=WORKLOADS, default="model",
+                   help="'model': the shipped tiny video DiT generates a clip with dense attention and with "
+                        "AdaSpa (adaspa.demo_video); 'synthetic': adaspa.synthetic q/k/v drifting over steps, "
+                        "measured against exact dense attention at every step")
+    p.add_argument("--caption", default=VideoDemoOptions.caption,
+                   help="model workload: the caption (words of adaspa.models.VOCAB)")
+    p.add_argument("--guidance", type=float, default=VideoDemoOptions.guidance,
+                   help="model workload: classifier-free guidance scale (1 = off)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="model workload: frames of the clip (default: the model's 8)")
     p.add_argument("--size", choices=("auto",) + tuple(SIZES), default=d.size,
                    help="workload preset: " + "; ".join(
                        f"{n}={f}x{h}x{w} frames+{t} text tokens, {hd} heads of dim {dd}"
                        for n, (f, h, w, t, hd, dd) in SIZES.items()) + "; auto: large on a GPU, small on CPU")
     p.add_argument("--tokens", type=int, default=d.tokens,
                    help="about this many tokens per sequence (changes the preset's frame count)")
-    p.add_argument("--steps", type=int, default=d.steps, help="denoising steps")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"denoising steps (default: {d.steps}; the model workload on a CPU: "
+                        f"{CPU_STEPS}, to finish in about a minute)")
     p.add_argument("--layers", type=int, default=d.layers,
                    help="attention layers, each with its own synthetic inputs and AdaSpa state")
     p.add_argument("--batch", type=int, default=d.batch, help="batch size (e.g. 2 for CFG as a batch)")
     p.add_argument("--sparsity", type=float, default=d.sparsity, help="base sparsity in [0, 1]")
     p.add_argument("--block-size", type=int, default=d.block_size, help="block size (a power of two >= 16)")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="dense warm-up steps")
-    p.add_argument("--search-steps", type=lambda s: tuple(int(x) for x in s.split(",")),
-                   default=",".join(map(str, d.search_steps)),
-                   help="comma-separated search steps (the first fused, the later ones LSE-cached)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="dense warm-up steps (default: 20%% of the steps, the paper's 10 of 50)")
+    p.add_argument("--search-steps", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
+                   help="comma-separated search steps, the first fused, the later ones LSE-cached "
+                        "(default: at 20%% and 60%% of the steps, the paper's 10,30 of 50)")
     p.add_argument("--no-head-adaptive", dest="head_adaptive", action="store_false",
                    help="give every head the base sparsity instead of the three tiers")
     p.add_argument("--no-lse-cache", dest="lse_cache", action="store_false",
@@ -447,10 +462,27 @@ def build_parser(prog: str = "python -m adaspa demo") -> argparse.ArgumentParser
 def main(argv=None) -> int:
     """Entry point of `python -m adaspa demo`; returns the exit status."""
     parser = build_parser()
-    options = DemoOptions(**vars(parser.parse_args(argv)))
+    args = vars(parser.parse_args(argv))
+    model_only = {name: args.pop(name) for name in ("caption", "guidance", "frames")}
+    if args["workload"] == "model":
+        names = set(VideoDemoOptions.__dataclass_fields__)
+        try:
+            report = run_video_demo(VideoDemoOptions(**model_only, **{k: v for k, v in args.items() if k in names}))
+        except ValueError as err:
+            parser.error(str(err))
+        print(format_video_report(report))
+        if report["files"]:
+            print(f"\nwrote {len(report['files'])} files to {Path(args['out']).resolve()}: "
+                  + ", ".join(Path(f).name for f in report["files"]))
+        return 0
+    steps = args["steps"] if args["steps"] is not None else DemoOptions.steps
+    warmup, search = paper_schedule(steps)
+    args.update(steps=steps, warmup_steps=warmup if args["warmup_steps"] is None else args["warmup_steps"],
+                search_steps=search if args["search_steps"] is None else args["search_steps"])
+    options = DemoOptions(**args)
     try:
         result = run_demo(options)
-    except (ValueError, NotImplementedError) as err:
+    except ValueError as err:
         parser.error(str(err))
     print(format_table(result.rows))
     print()

@@ -14,7 +14,7 @@ from adaspa.demo import SIZES, DriftingInputs, build_parser
 from adaspa.synthetic import SyntheticVideoConfig, synthetic_qkv
 from adaspa.testing import assert_close
 
-TINY = ["demo", "--size", "tiny", "--steps", "7", "--warmup-steps", "2", "--search-steps", "2,5", "--layers", "2",
+TINY = ["demo", "--workload", "synthetic", "--size", "tiny", "--steps", "7", "--warmup-steps", "2", "--search-steps", "2,5", "--layers", "2",
         "--block-size", "16", "--sparsity", "0.6", "--no-progress"]
 PHASES = ["dense", "dense", "search", "sparse", "sparse", "cached_search", "sparse"]
 
@@ -92,7 +92,6 @@ def test_top_level_help_lists_demo():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--workload", "model"], "not wired"),
     (["--sparsity", "1.5"], "sparsity"),
     (["--search-steps", "1,5"], "search_steps"),
     (["--tokens", "3"], "tokens"),
@@ -102,6 +101,40 @@ def test_bad_options_exit_with_a_message(argv, message, capsys, tmp_path):
         cli(TINY + argv + ["--out", str(tmp_path)])
     assert done.value.code == 2
     assert message in capsys.readouterr().err
+
+
+MODEL_TINY = ["demo", "--steps", "3", "--frames", "2", "--guidance", "1", "--warmup-steps", "1",
+              "--search-steps", "1,2", "--no-progress"]
+
+
+def test_model_workload_is_the_default_and_compares_clips(tmp_path, capsys):
+    assert cli(MODEL_TINY + ["--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert [line.split()[1] for line in printed.splitlines()[1:4]] == ["dense", "search", "cached_search"]
+    for name in ("dense.gif", "adaspa.gif", "dense_vs_adaspa.gif", "masks_layer0.png", "masks_layer7.png",
+                 "schedule.png", "summary.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["frames"] == 2 and summary["tokens"] == 8 + 2 * 16 * 16
+    assert [r["phase"] for r in summary["rows"]] == ["dense", "search", "cached_search"]
+    assert summary["rows"][0]["density"] == 1.0 and 0.0 < summary["adaspa"]["density"] < 1.0
+    assert 0.0 < summary["adaspa"]["recall"] <= 1.0
+    # Step 0 is dense and step 1 is the exact fused search, so only step 2 (sparse) can differ from dense.
+    assert 5.0 < summary["psnr"] < float("inf") and 0.0 < summary["ssim"] <= 1.0
+    assert f"PSNR {summary['psnr']:.2f} dB" in printed
+
+
+def test_model_workload_with_sparsity_zero_reproduces_the_dense_clip(tmp_path):
+    assert cli(MODEL_TINY + ["--sparsity", "0", "--no-head-adaptive", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["psnr"] > 60 and summary["ssim"] > 0.9999
+
+
+def test_bad_model_option_exits_with_a_message(capsys, tmp_path):
+    with pytest.raises(SystemExit) as done:
+        cli(MODEL_TINY + ["--sparsity", "1.5", "--out", str(tmp_path)])
+    assert done.value.code == 2
+    assert "sparsity" in capsys.readouterr().err
 
 
 def test_unknown_command_fails():
