@@ -22,6 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import AdaSpaConfig
+from ..layer import AdaSpaAttention
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -208,9 +211,7 @@ class TinyVideoDiT(nn.Module):
             if spec != "dense":
                 raise ValueError(f"attention must be 'dense', an AdaSpaConfig or a factory, got {spec!r}")
             self.attention = [DenseAttention() for _ in range(self.config.depth)]
-        elif type(spec).__name__ == "AdaSpaConfig":
-            from adaspa import AdaSpaAttention
-
+        elif isinstance(spec, AdaSpaConfig):
             config = dataclasses.replace(spec, text_len=self.config.text_len, text_position="first")
             self.attention = [AdaSpaAttention(config) for _ in range(self.config.depth)]
         elif callable(spec):
