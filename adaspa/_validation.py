@@ -53,7 +53,8 @@ def check_sparsity(sparsity, name: str = "sparsity"):
     return float(sparsity)
 
 
-def _check_tensor(x, name: str, layout: str) -> None:
+def check_4d_floating(x, name: str, layout: str) -> None:
+    """Raise unless `x` is a 4-D floating tensor; messages name `name` and its `layout`."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
     if x.dim() != 4:
@@ -74,8 +75,8 @@ def check_attention_inputs(
     Raises `TypeError` for non-tensors and non-floating dtypes, `ValueError` for
     shape, dtype-mismatch and device-mismatch errors, each naming the argument.
     """
-    _check_tensor(q, "q", "[B, H, Lq, D]")
-    _check_tensor(k, "k", "[B, H, Lk, D]")
+    check_4d_floating(q, "q", "[B, H, Lq, D]")
+    check_4d_floating(k, "k", "[B, H, Lk, D]")
     batch, heads, q_len, head_dim = q.shape
     kv_len = k.shape[2]
     if (k.shape[0], k.shape[1], k.shape[3]) != (batch, heads, head_dim):
@@ -85,7 +86,7 @@ def check_attention_inputs(
         )
     tensors = {"q": q, "k": k}
     if v is not None:
-        _check_tensor(v, "v", "[B, H, Lk, D]")
+        check_4d_floating(v, "v", "[B, H, Lk, D]")
         if tuple(v.shape) != (batch, heads, kv_len, head_dim):
             raise ValueError(
                 f"v must have shape [B={batch}, H={heads}, Lk={kv_len}, D={head_dim}] to match k, "

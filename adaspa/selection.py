@@ -17,7 +17,7 @@ from typing import Optional, Union
 
 import torch
 
-from ._validation import check_block_size, check_sparsity, num_blocks
+from ._validation import check_4d_floating, check_block_size, check_sparsity, num_blocks
 from .mask import BlockSparseMask
 
 __all__ = ["text_sink_blocks", "select_blocks", "recall", "head_adaptive_sparsity"]
@@ -88,12 +88,7 @@ def text_sink_blocks(
 
 
 def _check_mass(mass, name: str = "mass") -> None:
-    if not isinstance(mass, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [B, H, nq, nk], got {type(mass).__name__}")
-    if mass.dim() != 4:
-        raise ValueError(f"{name} must be 4-D [B, H, nq, nk], got shape {tuple(mass.shape)}")
-    if not mass.is_floating_point():
-        raise TypeError(f"{name} must be floating point (float32), got {mass.dtype}")
+    check_4d_floating(mass, name, "[B, H, nq, nk]")
     if 0 in mass.shape:
         raise ValueError(f"{name} must have no empty dimension, got shape {tuple(mass.shape)}")
 

@@ -51,6 +51,16 @@ def poison_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty_like", _nan_filled(torch.empty_like))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for tests of many small tensors (doc examples, the tiny DiT): on a
+    busy 2-core machine a second thread mostly contends, 2-9x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def device() -> str:
     """"cuda" when a GPU is present, else "cpu" (kernels then run under TRITON_INTERPRET=1)."""

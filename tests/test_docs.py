@@ -183,15 +183,6 @@ DOC_FILES = sorted(DOCS.glob("*.md")) + [ROOT / "README.md"]
 DOC_BUDGET_S = 60
 
 
-@pytest.fixture
-def one_thread():
-    """Doc examples use small tensors: on a busy 2-core CI machine several threads mostly contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_doc_code_blocks_run(path, monkeypatch, one_thread, tmp_path):
     pytest.importorskip("matplotlib").use("Agg")

@@ -14,13 +14,7 @@ from adaspa.fidelity import (KEEP_MARKER, Layout, MaskScheduleAttention, RunSpec
 from adaspa.models import DiTConfig, TinyVideoDiT
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests run small matmuls; on a busy 2-core CI machine a second thread mostly contends (5x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_psnr_known_values():
@@ -98,17 +92,13 @@ def test_layout_target_density_is_adaspa_row_budget():
 
 
 @pytest.fixture(scope="module")
-def tiny_result():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def tiny_result(one_thread):
     torch.manual_seed(0)
     model = TinyVideoDiT(DiTConfig(dim=32, depth=2, heads=2, frames=2, height=16, width=16)).eval()
     torch.nn.init.normal_(model.out.weight, std=0.2)
     runs = [RunSpec("adaspa_no_tiers", 0.0, 1, (1,)), RunSpec("adaspa", 0.8, 1, (1, 3)), RunSpec("window", 0.8, 1, (1,)),
             RunSpec("random", 0.8, 1, (1,)), RunSpec("adaspa", 0.8, 0, (0, 3), "warmup")]
-    result = run_benchmark(model, clips=2, steps=4, block_size=16, runs=runs, backend="reference", log=None)
-    torch.set_num_threads(threads)
-    return result
+    return run_benchmark(model, clips=2, steps=4, block_size=16, runs=runs, backend="reference", log=None)
 
 
 def test_benchmark_rows_measure_what_they_claim(tiny_result):

@@ -15,13 +15,7 @@ from adaspa.models.data import VOCAB, labels_to_tokens, random_labels, render, s
 from adaspa.models.train import TINY, train
 from adaspa.testing import assert_close
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests run small matmuls; on a busy 2-core CI machine a second thread mostly contends (5x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CAPTION = "a red circle moving right and a yellow square moving down on stripes"
