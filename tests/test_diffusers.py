@@ -204,6 +204,21 @@ def test_a_timestep_going_up_starts_a_new_generation_and_repeats_are_branches():
     assert handle.layers(1) == {}
 
 
+def test_per_token_timesteps_with_a_zero_first_frame_still_advance_the_step():
+    """Wan 2.2 TI2V image-to-video passes timestep [B, L] that is 0 on the conditioning frame's tokens."""
+    model = _wan()
+    handle = enable_adaspa(model, SPARSE)
+    seen = []
+    with torch.no_grad():
+        for step in range(3):
+            kwargs = _inputs("wan", step, 0, batch=1)
+            timestep = torch.full((1, 3 * 8 * 8), TIMESTEPS[step])  # [B, frames * h * w] after patching
+            timestep[:, :8 * 8] = 0.0
+            model(**dict(kwargs, timestep=timestep))
+            seen.append((handle.step, handle.branch))
+    assert seen == [(0, 0), (1, 0), (2, 0)]
+
+
 def test_unsupported_model_names_the_supported_ones():
     with pytest.raises(TypeError) as err:
         enable_adaspa(torch.nn.Linear(2, 2))

@@ -278,7 +278,9 @@ class AdaSpaHandle:
         if timestep is None:
             raise ValueError(f"AdaSpa reads the denoising step from the timestep; {type(module).__name__} "
                              "was called without one")
-        t = float(timestep.reshape(-1)[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
+        # The largest entry, not the first: Wan 2.2 TI2V passes a per-token timestep [B, L]
+        # whose conditioning first-frame tokens are always 0.
+        t = float(timestep.max()) if isinstance(timestep, torch.Tensor) else float(timestep)
         if self._timestep is None or t > self._timestep:
             if self._timestep is not None:
                 self.reset()
