@@ -41,7 +41,7 @@ class StepRecord:
         density: float32 `[B, H]`, kept fraction of (query, key) pairs; None for dense.
         recall: float32 `[B, H]`, recall of the new mask under the searched mass; set
             only at search steps.
-        head_sparsity: float32 `[B, H]`, the sparsity of each head's mask; None for dense.
+        head_sparsity: float64 `[B, H]`, the sparsity of each head's mask; None for dense.
 
     Example:
         >>> import torch
@@ -92,7 +92,7 @@ class AdaSpaAttention(nn.Module):
     Attributes:
         phase: the phase of the last call (None before the first).
         mask: the current `BlockSparseMask` `[B, H, nq, ...]`, or None before the first search.
-        head_sparsity: float32 `[B, H]`, the sparsity of each head's mask, or None.
+        head_sparsity: float64 `[B, H]`, the sparsity of each head's mask, or None.
         lse: float32 `[B, H, L]`, the LSE cached at the first search, or None.
         history: one `StepRecord` per call since the last `reset()`.
 
@@ -200,7 +200,8 @@ class AdaSpaAttention(nn.Module):
             sparsity = head_adaptive_sparsity(mass, c.sparsity, recall_threshold=c.recall_threshold,
                                               forced=forced)  # [B, H]
         else:
-            sparsity = torch.full((batch, heads), c.sparsity, dtype=torch.float32, device=mass.device)
+            # float64, as the tiers: a float32 0.9 would change k (see select_blocks).
+            sparsity = torch.full((batch, heads), c.sparsity, dtype=torch.float64, device=mass.device)
         self.mask = select_blocks(mass, sparsity, block_size=c.block_size, q_len=q_len, kv_len=kv_len,
                                   forced=forced, rowwise=c.rowwise)
         self.head_sparsity = sparsity

@@ -106,7 +106,9 @@ def _broadcast_sparsity(sparsity: Sparsity, mass: torch.Tensor) -> torch.Tensor:
     if shape != (batch, heads):
         raise ValueError(f"sparsity must be a float or a tensor broadcastable to [B, H] = "
                          f"[{batch}, {heads}], got shape {tuple(sparsity.shape)}")
-    # float64 before `1 - s`, so a float32 0.8 and a Python 0.8 give the same k.
+    # float64 before `1 - s`: a float64 tensor gives the k of the same Python float. A
+    # float32 tensor is taken at its float32 value (0.9 is 0.89999998), which moves k by
+    # one for some n >= 50, so exact tiers travel as float64.
     return sparsity.to(device=mass.device, dtype=torch.float64).expand(batch, heads)
 
 
@@ -207,7 +209,9 @@ def select_blocks(
 
     Args:
         mass: float `[B, H, nq, nk]`, the block attention mass (ALGORITHM.md §1).
-        sparsity: float in [0, 1], or a floating tensor broadcastable to `[B, H]`.
+        sparsity: float in [0, 1], or a floating tensor broadcastable to `[B, H]`
+            (float64 for exact decimals: a float32 0.9 is 0.89999998 and keeps one
+            more block when `0.1 * n_candidates` is an integer >= 5).
         block_size: power of two >= 16; `nq = ceil(q_len/bs)`, `nk = ceil(kv_len/bs)`.
         q_len, kv_len: token lengths the mass was computed for.
         forced: optional bool, broadcastable to `[B, H, nq, nk]` (e.g. `text_sink_blocks`).
@@ -294,7 +298,7 @@ def head_adaptive_sparsity(
     recall_threshold: float = 0.8,
     forced: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """The three sparsity tiers of ALGORITHM.md §3, per batch element, float32 `[B, H]`.
+    """The three sparsity tiers of ALGORITHM.md §3, per batch element, float64 `[B, H]`.
 
     Every head's recall is measured with the row-wise top-k mask at its base
     sparsity `s` (forced blocks included). With `n` = the number of heads whose
@@ -302,7 +306,9 @@ def head_adaptive_sparsity(
     are sorted by recall (descending, ties by head index): the first `n` get
     `(1 + s) / 2`, the last `n` get `max(0, (3s - 1) / 2)`, the rest keep `s`.
     With a scalar `s` the mean over heads stays `s` unless the clamp at 0
-    bites (`s < 1/3`). Runs without host sync (`n` is a tensor).
+    bites (`s < 1/3`). Runs without host sync (`n` is a tensor). The tiers are
+    float64 so that `select_blocks` computes `k` from the exact decimal
+    (a float32 0.9 would keep one block more per row at 50 candidates).
 
     Args:
         mass: float `[B, H, nq, nk]`.
@@ -311,7 +317,7 @@ def head_adaptive_sparsity(
         forced: optional bool, broadcastable to `[B, H, nq, nk]`.
 
     Returns:
-        float32 `[B, H]`, the sparsity each head should use.
+        float64 `[B, H]`, the sparsity each head should use.
 
     Example:
         >>> mass = torch.zeros(1, 4, 1, 10)
@@ -334,5 +340,4 @@ def head_adaptive_sparsity(
     rank = torch.empty_like(order).scatter_(-1, order, slots)  # [B, H]
     high = (1.0 + s) / 2.0
     low = ((3.0 * s - 1.0) / 2.0).clamp(min=0.0)
-    tiered = torch.where(rank < n, high, torch.where(rank >= heads - n, low, s))
-    return tiered.to(torch.float32)
+    return torch.where(rank < n, high, torch.where(rank >= heads - n, low, s))  # [B, H] float64

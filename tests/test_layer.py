@@ -276,3 +276,14 @@ def test_sparse_and_cached_search_steps_do_not_sync_on_cuda():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert [r.phase for r in layer.history] == ["dense", "search", "sparse", "cached_search", "sparse"]
+
+
+def test_uniform_sparsity_keeps_the_exact_k_of_the_formula():
+    # 800 tokens in blocks of 16: 50 key blocks; s = 0.9 keeps ceil(0.1 * 50 - 1e-6) = 5.
+    # A float32 0.9 (0.89999998) would give ceil(5.0000002) = 6.
+    layer = AdaSpaAttention(warmup_steps=0, search_steps=(0,), block_size=16, min_seq_len=0,
+                            sparsity=0.9, head_adaptive=False)
+    layer(*qkv(batch=1, heads=2, length=800))
+    assert layer.phase == "search"
+    assert layer.mask.counts.unique().tolist() == [5]
+    assert layer.head_sparsity.tolist() == [[0.9, 0.9]]

@@ -201,7 +201,7 @@ def _oracle_tiers(mass, s, threshold):
             out[b, h] = (1 + s) / 2
         for h in order[heads - n:] if n else []:
             out[b, h] = max(0.0, (3 * s - 1) / 2)
-    return out.to(torch.float32)
+    return out
 
 
 @given(heads=st.integers(1, 8), nq=st.integers(1, 4), nk=st.integers(1, 12),
@@ -214,7 +214,7 @@ def test_head_adaptive_sparsity_matches_oracle_and_keeps_mean(heads, nq, nk, spa
     mass = _int_mass(2, heads, nq, nk, seed, high=3) ** torch.randint(1, 6, (1, heads, 1, 1), generator=g)
     mass = mass + 1.0
     got = head_adaptive_sparsity(mass, sparsity)
-    assert got.dtype == torch.float32 and got.shape == (2, heads)
+    assert got.dtype == torch.float64 and got.shape == (2, heads)
     assert torch.equal(got, _oracle_tiers(mass, sparsity, 0.8))
     if sparsity >= 1 / 3:
         assert torch.allclose(got.double().mean(-1), torch.full((2,), sparsity, dtype=torch.float64),
@@ -296,3 +296,14 @@ def test_selection_on_cuda_does_not_sync():
     assert global_k.to("cpu") == select_blocks(mass.cpu(), s_dev.cpu(), block_size=16, q_len=140, kv_len=140,
                                                forced=forced.cpu(), rowwise=False)
     assert torch.equal(r.cpu(), recall(mass.cpu(), cpu_mask))
+
+
+def test_tiers_feed_select_blocks_the_exact_k():
+    # Tiers 0.9 / 0.7 at s = 0.8. Stored as float32, 0.9 becomes 0.89999998 and
+    # (1 - s) * 50 - 1e-6 = 5.0000002, so a row would keep 6 blocks instead of 5.
+    mass = torch.ones(1, 2, 1, 50)
+    mass[0, 0, 0, 0] = 1000.0  # head 0 peaked (recall > 0.8), head 1 uniform
+    tiers = head_adaptive_sparsity(mass, 0.8)
+    assert tiers.tolist() == [[(1 + 0.8) / 2, (3 * 0.8 - 1) / 2]]
+    mask = select_blocks(mass, tiers, block_size=16, q_len=16, kv_len=800)
+    assert mask.counts[0, :, 0].tolist() == [_k(0.9, 50), _k(0.7, 50)] == [5, 15]
