@@ -130,6 +130,19 @@ def test_text_position_per_model_reaches_the_layers():
     assert layer.history[-1].seq_len == 8 + 3 * 8 * 8
 
 
+def test_hunyuan_text_last_reaches_the_layers_with_its_valid_length():
+    hv = _hunyuan()
+    handle = enable_adaspa(hv, SPARSE)
+    _run(hv, "hunyuan", steps=3)
+    # 3 x 8 x 8 = 192 video tokens, then the valid text: 5 / 8 tokens (branch 0), 3 (branch 1).
+    for key, text in (((0, 0), 5), ((0, 1), 8), (1, 3)):
+        for name, layer in handle.layers(key).items():
+            dense = layer.mask.to_dense()  # [B, H, nq, nk]; the text sits in the last block (192 = 12 x 16)
+            assert layer.history[-1].seq_len == 192 + text, (key, name)
+            assert bool(dense[..., -1].all()) and bool(dense[:, :, -1].all()), (key, name)
+            assert not bool(dense[..., 0].all()), (key, name)  # block 0 is video: not forced
+
+
 def test_cfg_as_two_calls_keeps_one_state_per_branch():
     both = _wan()
     handle = enable_adaspa(both, SPARSE)
