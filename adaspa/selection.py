@@ -273,10 +273,12 @@ def recall(mass: torch.Tensor, mask) -> torch.Tensor:
         dense = mask.to_dense()
     elif isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
         try:
-            torch.broadcast_shapes(tuple(mask.shape), tuple(mass.shape))
+            shape = torch.broadcast_shapes(tuple(mask.shape), tuple(mass.shape))
         except RuntimeError:
+            shape = None
+        if shape != tuple(mass.shape):
             raise ValueError(f"mask must be broadcastable to mass's shape {list(mass.shape)}, "
-                             f"got {tuple(mask.shape)}") from None
+                             f"got {tuple(mask.shape)}")
         dense = mask
     else:
         raise TypeError(f"mask must be a BlockSparseMask or a bool tensor [B, H, nq, nk], "

@@ -268,6 +268,8 @@ def test_bad_inputs_raise_naming_the_argument():
         recall(mass, torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(TypeError, match="mask"):
         recall(mass, torch.ones(3, 4))
+    with pytest.raises(ValueError, match="mask"):  # broadcastable, but to a 5-D shape
+        recall(mass, torch.ones(2, 1, 2, 3, 4, dtype=torch.bool))
 
 
 @pytest.mark.gpu
