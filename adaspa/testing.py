@@ -107,6 +107,25 @@ def assert_close(actual: torch.Tensor, oracle: torch.Tensor, reference: Optional
         )
 
 
+def token_mask(mask) -> torch.Tensor:
+    """The bool token mask `[B, H, Lq, Lk]` of a `BlockSparseMask` (True: query i may attend key j).
+
+    The block-sparse oracle of the tests is a dense masked softmax with this mask
+    (ALGORITHM.md section 4); keys and queries past the lengths in a partial tail
+    block do not exist and are cut off. Builds the full `Lq x Lk` mask: test sizes only.
+
+    Example:
+        >>> from adaspa import BlockSparseMask
+        >>> keep = torch.tensor([[[[True, False], [False, True]]]])  # [B, H, nq, nk]
+        >>> tokens = token_mask(BlockSparseMask.from_dense(keep, block_size=16, q_len=20, kv_len=18))
+        >>> tuple(tokens.shape), int(tokens.sum())  # 16 x 16 + 4 x 2 kept pairs
+        ((1, 1, 20, 18), 264)
+    """
+    bs = mask.block_size
+    rows = mask.to_dense().repeat_interleave(bs, dim=2)[:, :, : mask.q_len]  # [B, H, Lq, nk]
+    return rows.repeat_interleave(bs, dim=3)[..., : mask.kv_len]
+
+
 def _upcast(x: Any) -> Any:
     if isinstance(x, torch.Tensor) and x.is_floating_point():
         return x.to(torch.float64)

@@ -11,6 +11,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from adaspa.mask import BlockSparseMask
+from adaspa.testing import token_mask
 
 
 class MaskCase(NamedTuple):
@@ -63,12 +64,6 @@ def pinned(fn):
     return fn
 
 
-def token_mask(dense: torch.Tensor, block_size: int, q_len: int, kv_len: int) -> torch.Tensor:
-    """Expand a block mask `[B, H, nq, nk]` to tokens `[B, H, q_len, kv_len]`."""
-    rows = dense.repeat_interleave(block_size, dim=2)[:, :, :q_len]
-    return rows.repeat_interleave(block_size, dim=3)[..., :kv_len]
-
-
 def decode_flex(block_mask) -> torch.Tensor:
     """Rebuild the bool block mask `[B, H, nq, nk]` from a FlexAttention BlockMask's kv lists."""
     counts, indices = block_mask.kv_num_blocks, block_mask.kv_indices  # [B, H, nq], [B, H, nq, nk]
@@ -119,7 +114,7 @@ def test_to_dense_from_dense_round_trip(case):
 def test_density_counts_valid_token_pairs(case):
     dense = case.dense()
     mask = BlockSparseMask.from_dense(dense, case.block_size, case.q_len, case.kv_len)
-    tokens = token_mask(dense, case.block_size, case.q_len, case.kv_len)
+    tokens = token_mask(mask)
     want = (tokens.sum((-1, -2), dtype=torch.float64) / (case.q_len * case.kv_len)).to(torch.float32)
     density = mask.density()
     assert density.dtype == torch.float32 and density.shape == (case.batch, case.heads)

@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from adaspa import reference
 from adaspa.mask import BlockSparseMask
 from adaspa.reference import dense
-from adaspa.testing import assert_close, oracle_and_reference
+from adaspa.testing import assert_close, oracle_and_reference, token_mask
 
 LOW_PRECISION = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -90,14 +90,6 @@ def explicit_attention(q, k, v, scale, keep=None):
     lse = torch.logsumexp(s, dim=-1)
     probs = torch.softmax(s, dim=-1).nan_to_num(0.0)
     return probs @ v, lse
-
-
-def token_mask(mask: BlockSparseMask) -> torch.Tensor:
-    """Expand a block mask to the bool token mask `[B, H, Lq, Lk]` (fine for test sizes)."""
-    bs = mask.block_size
-    dense_blocks = mask.to_dense()
-    rows = dense_blocks.repeat_interleave(bs, dim=2)[:, :, : mask.q_len]
-    return rows.repeat_interleave(bs, dim=3)[..., : mask.kv_len]
 
 
 def block_sums(probs: torch.Tensor, block_size: int) -> torch.Tensor:
