@@ -91,9 +91,17 @@ def test_cached_search_uses_the_lse_of_the_first_search():
 
 def test_lse_cache_off_searches_fused_again():
     layer = AdaSpaAttention(**SHORT, lse_cache=False)
-    q, k, v = qkv()
-    for _ in range(6):
-        layer(q, k, v)
+    for step in range(6):
+        q, k, v = qkv(seed=20 + step)  # drifting inputs: a stale lse would show
+        out = layer(q, k, v)
+        if step == 4:
+            # The second search is a fused one: exact output, fresh lse, mask from the fresh mass.
+            (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.attention, q, k, v)
+            assert_close(out, o_out, r_out, name="out of the second fused search")
+            assert_close(layer.lse, o_lse, r_lse, name="lse of the second fused search")
+            _, _, mass = reference.attention_with_block_mass(q, k, v, block_size=16)
+            tiers = head_adaptive_sparsity(mass, layer.config.sparsity)
+            assert layer.mask == select_blocks(mass, tiers, block_size=16, q_len=100, kv_len=100)
     assert [r.phase for r in layer.history] == ["dense", "dense", "search", "sparse", "search", "sparse"]
 
 
