@@ -429,7 +429,7 @@ def build_parser(prog: str = "python -m adaspa demo") -> argparse.ArgumentParser
                    help="about this many tokens per sequence (changes the preset's frame count)")
     p.add_argument("--steps", type=int, default=None,
                    help=f"denoising steps (default: {d.steps}; the model workload on a CPU: "
-                        f"{CPU_STEPS}, to finish in about a minute)")
+                        f"{CPU_STEPS}, about 1-1.5 min on 2 idle cores)")
     p.add_argument("--layers", type=int, default=d.layers,
                    help="attention layers, each with its own synthetic inputs and AdaSpa state")
     p.add_argument("--batch", type=int, default=d.batch, help="batch size (e.g. 2 for CFG as a batch)")

@@ -9,7 +9,7 @@ with the attention time of each run.
 
 On a CPU the AdaSpa phases run the PyTorch reference (written for reading, not
 speed) and the default run is shortened to 10 steps so that it finishes in
-about a minute; the schedule keeps the paper's proportions (dense warm-up for
+60-80 s on two idle cores; the schedule keeps the paper's proportions (dense warm-up for
 the first 20% of the steps, searches at 20% and 60%). On a GPU it runs the full
 50 steps with the Triton kernels.
 
