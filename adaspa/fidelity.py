@@ -391,6 +391,7 @@ def method_factory(spec: RunSpec, layout: Layout, *, backend: str = "auto") -> C
 
 def sample_with(model, tokens, noise, factory, *, steps: int, guidance: float) -> dict:
     """Sample with every layer's attention from `factory`; return clips in [0, 1] and the measured use."""
+    from .layer import AdaSpaAttention
     from .models.sample import euler_sample
 
     layers = model.set_attention(factory)
@@ -398,10 +399,15 @@ def sample_with(model, tokens, noise, factory, *, steps: int, guidance: float) -
     video = euler_sample(model, tokens, steps=steps, guidance=guidance, noise=noise)
     attn_ms = sum(a.timer.total_ms() for a in layers)
     wall = time.perf_counter() - start
-    records = [r for a in layers for r in a.history]
-    overall = [1.0 if r.density is None else float(r.density.float().mean()) for r in records]
-    sparse = [float(r.density.float().mean()) for r in records if r.density is not None]
-    recalls = [float(r.recall.float().mean()) for r in records if r.recall is not None]
+    # Per call: the density of the pairs used, None where the call ran dense. AdaSpa's fused
+    # search returns the exact dense output, though its record holds the new mask's density;
+    # the other methods run their new mask at their search steps.
+    used = [None if r.density is None or (r.phase == "search" and isinstance(getattr(a, "inner", a),
+                                                                             AdaSpaAttention))
+            else float(r.density.float().mean()) for a in layers for r in a.history]
+    overall = [1.0 if d is None else d for d in used]
+    sparse = [d for d in used if d is not None]
+    recalls = [float(r.recall.float().mean()) for a in layers for r in a.history if r.recall is not None]
     model.set_attention("dense")
     return {
         "clips": ((video.float().cpu() + 1) / 2).clamp(0, 1),
@@ -428,8 +434,9 @@ def run_benchmark(model, *, clips: int = 32, steps: int = 50, guidance: float = 
     Every run starts from the same noise (seeded by `seed`), so differences come
     from the attention alone. Rows hold `method`, `group`, `sparsity`, schedule,
     `psnr`, `ssim` (means over clips vs the dense clip), `density` (kept fraction of
-    token pairs averaged over all layers and steps, dense steps counting 1),
-    `sparse_density` (over sparse steps only), `recall` (of the masks at their
+    token pairs averaged over all layers and steps, dense steps and AdaSpa's fused
+    search steps, whose output is the exact dense one, counting 1), `sparse_density`
+    (over the steps that ran block-sparse only), `recall` (of the masks at their
     search steps), `attention_ms` (all layers and steps) and `wall_s`. Runs not
     started within `max_seconds` are listed under `skipped`; `on_row(rows)` is
     called after every run (e.g. to save partial results).
@@ -659,7 +666,8 @@ def write_report(result: dict, path: str, *, card: str, plot_name: Optional[str]
         f"{result['guidance']} (as a batch of 2, so every method sees 2 x {result['clips']} batch elements).",
         "",
         "PSNR and SSIM are of each method's clip against the dense clip from the same noise, averaged "
-        "over clips. Density is the kept fraction of (query, key) token pairs; recall is the share of "
+        "over clips. Density is the kept fraction of (query, key) token pairs (AdaSpa's fused search "
+        "step, whose output is the exact dense one, counts as dense); recall is the share of "
         "the exact block attention mass the masks keep at their search steps (measured, for the non-AdaSpa "
         "methods, outside their timed section). Every method keeps the text rows and columns and follows "
         "AdaSpa's schedule: dense until the first search step, a new mask at each search step (the "

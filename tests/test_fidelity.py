@@ -108,8 +108,12 @@ def test_benchmark_rows_measure_what_they_claim(tiny_result):
     assert math.isinf(dense["psnr"]) and dense["ssim"] == pytest.approx(1.0)
     assert exact["sparse_density"] == pytest.approx(1.0) and exact["psnr"] > 60, exact
     assert sparse["sparse_density"] < 0.8 and sparse["psnr"] < exact["psnr"]
-    # 4 steps, the first dense: overall density = (1 + 3 * sparse) / 4
-    assert sparse["density"] == pytest.approx((1 + 3 * sparse["sparse_density"]) / 4, rel=1e-5)
+    # 4 steps: step 0 dense, step 1 the fused search (exact dense output), steps 2-3 block-sparse:
+    # overall density = (2 + 2 * sparse) / 4
+    assert sparse["density"] == pytest.approx((2 + 2 * sparse["sparse_density"]) / 4, rel=1e-5)
+    # window runs its new mask at the search step too: step 0 dense, steps 1-3 block-sparse
+    window = rows[3]
+    assert window["density"] == pytest.approx((1 + 3 * window["sparse_density"]) / 4, rel=1e-5)
     assert all(0 < r["recall"] <= 1 for r in rows[1:])
     assert all(r["attention_ms"] > 0 for r in rows)
     # random keeps AdaSpa's block count per row; only which blocks differ, and a full block
