@@ -224,6 +224,8 @@ def test_bad_inputs_get_the_references_messages():
     _, lse = reference.attention(q, k, v)
     with pytest.raises(ValueError, match="lse must have shape"):
         kernels().block_mass(q, k, lse[:, :, :-1])
+    with pytest.raises(TypeError, match=r"lse must be a torch.Tensor of shape \[B, H, Lq\], got None"):
+        kernels().block_mass(q, k, None)
     wrong = BlockSparseMask.full(1, 2, 41, 40, 16, device=DEVICE)
     with pytest.raises(ValueError, match="mask must be for"):
         kernels().block_sparse_attention(q, k, v, wrong)

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._validation import check_attention_inputs, check_block_size, num_blocks, resolve_scale
+from .._validation import check_attention_inputs, check_block_size, num_blocks, require_lse, resolve_scale
 from ._launch import (LOG2E, SMEM_BUDGET, check_kernel_block_size, check_kernel_inputs, dot, dot_precision,
                       fixed_config, padded_head_dim, smem_estimate, strides4, use_autotune)
 
@@ -151,6 +151,7 @@ def block_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, block_siz
         >>> block_mass(q, k, lse, block_size=64).shape
         torch.Size([1, 2, 4, 5])
     """
+    require_lse(lse)
     shape = check_attention_inputs(q, k, lse=lse)
     check_block_size(block_size)
     check_kernel_block_size(block_size)
