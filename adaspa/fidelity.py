@@ -122,6 +122,12 @@ class _Timer:
 class TimedAttention:
     """Wraps an attention callable (e.g. `AdaSpaAttention`, `DenseAttention`) and times every call.
 
+    With `exact_recall=True` (an `AdaSpaAttention` inside), `search_recalls` collects
+    one float32 `[B, H]` per search step: the recall of the new mask under the exact
+    block mass of that step's inputs. The fused search's own record is that already;
+    at an LSE-cached search the layer records the recall under the mass computed
+    with the stale LSE, so the exact mass is computed here, outside the timed section.
+
     Example:
         >>> from adaspa.models import DenseAttention
         >>> attn = TimedAttention(DenseAttention())
@@ -130,9 +136,11 @@ class TimedAttention:
         (torch.Size([1, 1, 8, 4]), True)
     """
 
-    def __init__(self, inner):
+    def __init__(self, inner, *, exact_recall: bool = False):
         self.inner = inner
+        self.exact_recall = exact_recall
         self.timer = _Timer()
+        self.search_recalls: list = []
 
     @property
     def history(self):
@@ -140,13 +148,26 @@ class TimedAttention:
 
     def reset(self):
         self.timer = _Timer()
+        self.search_recalls = []
         reset = getattr(self.inner, "reset", None)
         if reset is not None:
             reset()
 
     def __call__(self, q, k, v, *, step=None):
         with self.timer.section(q.device):
-            return self.inner(q, k, v, step=step)
+            out = self.inner(q, k, v, step=step)
+        phase = getattr(self.inner, "phase", None)
+        if self.exact_recall and phase == "search":
+            self.search_recalls.append(self.inner.history[-1].recall)
+        elif self.exact_recall and phase == "cached_search":
+            from .layer import _ops_for
+            from .selection import recall
+
+            mask = self.inner.mask
+            ops = _ops_for(self.inner.config.backend, q)
+            _, _, mass = ops.attention_with_block_mass(q, k, v, block_size=mask.block_size)  # [B, H, nq, nk]
+            self.search_recalls.append(recall(mass, mask))
+        return out
 
 
 class MaskScheduleAttention:
@@ -375,7 +396,7 @@ def method_factory(spec: RunSpec, layout: Layout, *, backend: str = "auto") -> C
                           head_adaptive=spec.method != "adaspa_no_tiers",
                           lse_cache=spec.method != "adaspa_no_lse_cache")
     if spec.method.startswith("adaspa"):
-        return lambda i: TimedAttention(AdaSpaAttention(config))
+        return lambda i: TimedAttention(AdaSpaAttention(config), exact_recall=True)
     density = layout.target_density(spec.sparsity)
     if spec.method == "svg_like":
         return lambda i: MaskScheduleAttention(config, svg_builder(layout, density, seed=i), every_step=True)
@@ -407,7 +428,10 @@ def sample_with(model, tokens, noise, factory, *, steps: int, guidance: float) -
             else float(r.density.float().mean()) for a in layers for r in a.history]
     overall = [1.0 if d is None else d for d in used]
     sparse = [d for d in used if d is not None]
-    recalls = [float(r.recall.float().mean()) for a in layers for r in a.history if r.recall is not None]
+    # Recall under the exact block mass of each search step's inputs, for every method.
+    recalls = [float(r.float().mean()) for a in layers for r in (
+        a.search_recalls if getattr(a, "exact_recall", False) else
+        [x.recall for x in a.history if x.recall is not None])]
     model.set_attention("dense")
     return {
         "clips": ((video.float().cpu() + 1) / 2).clamp(0, 1),

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from adaspa import AdaSpaConfig, BlockSparseMask
-from adaspa.fidelity import (KEEP_MARKER, Layout, MaskScheduleAttention, RunSpec, default_runs, findings, plot_fidelity, psnr,
-                             run_benchmark, ssim, write_report)
+from adaspa.fidelity import (KEEP_MARKER, Layout, MaskScheduleAttention, RunSpec, default_runs, findings, method_factory,
+                             plot_fidelity, psnr, run_benchmark, ssim, write_report)
 from adaspa.models import DiTConfig, TinyVideoDiT
 
 
@@ -81,6 +81,36 @@ def test_mask_schedule_attention_full_mask_equals_dense_and_records_recall():
     assert [None if r.recall is None else round(float(r.recall.min()), 6) for r in attn.history] == \
         [None, 1.0, None, 1.0, None]
     assert attn.timer.total_ms() > 0
+
+
+def test_adaspa_recall_is_measured_under_the_exact_mass_at_cached_searches():
+    # The LSE-cached search selects under the mass of a stale LSE; the benchmark's recall must be
+    # the exact one, as for the other methods (MaskScheduleAttention), so the columns compare.
+    from adaspa import AdaSpaAttention, reference
+    from adaspa.fidelity import TimedAttention
+    from adaspa.selection import recall
+
+    cfg = AdaSpaConfig(warmup_steps=1, search_steps=(1, 3), block_size=16, backend="reference", min_seq_len=0,
+                       head_adaptive=False, sparsity=0.5)
+    attn = TimedAttention(AdaSpaAttention(cfg), exact_recall=True)
+    g = torch.Generator().manual_seed(0)
+    q0, k0, v0 = (2 * torch.randn(1, 2, 64, 16, generator=g) for _ in range(3))
+    q3, k3 = (x + 1.5 * torch.randn(x.shape, generator=g) for x in (q0, k0))
+    for step in range(4):
+        q, k = (q0, k0) if step < 3 else (q3, k3)
+        attn(q, k, v0, step=step)
+    assert [r.phase for r in attn.history] == ["dense", "search", "sparse", "cached_search"]
+    assert len(attn.search_recalls) == 2
+    assert torch.equal(attn.search_recalls[0], attn.history[1].recall)
+    _, _, mass3 = reference.attention_with_block_mass(q3, k3, v0, block_size=16)
+    exact = recall(mass3, attn.inner.mask)
+    assert torch.allclose(attn.search_recalls[1], exact, atol=1e-6)
+    assert float((attn.history[3].recall - exact).abs().max()) > 1e-3, "the stale-LSE recall must differ here"
+    attn.reset()
+    assert attn.search_recalls == []
+    layout = Layout(frames=2, rows=4, cols=4, text_len=8, block_size=16)
+    for method in ("adaspa", "adaspa_no_tiers", "adaspa_no_lse_cache"):
+        assert method_factory(RunSpec(method), layout, backend="reference")(0).exact_recall is True
 
 
 def test_layout_target_density_is_adaspa_row_budget():
