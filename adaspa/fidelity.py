@@ -371,9 +371,9 @@ def default_runs(steps: int = 50, sparsities=(0.7, 0.8, 0.9)) -> list:
     def sc(values):
         out = []
         for x in values:
-            y = round(x * steps / 50)
+            y = min(round(x * steps / 50), steps - 1)
             if not out or y > out[-1]:
-                out.append(min(y, steps - 1))
+                out.append(y)
         return tuple(out)
 
     w, ss = sc((10,))[0], sc((10, 30))

@@ -60,6 +60,12 @@ def test_default_runs_cover_the_table_and_the_sweeps():
     assert [(r.warmup_steps, r.search_steps) for r in runs if r.group == "warmup"] == [(0, (0, 30)), (2, (2, 30)),
                                                                                         (5, (5, 30))]
     assert [r.search_steps for r in default_runs(20) if r.group == "search"] == [(4,), (4, 8, 12), (4, 8, 12, 16)]
+    # Short runs: steps past the end are clamped before duplicates are dropped, so every
+    # schedule stays strictly increasing (AdaSpaConfig rejects (0, 1, 1)).
+    for steps in (1, 2, 3):
+        for r in default_runs(steps):
+            assert list(r.search_steps) == sorted(set(r.search_steps)) and r.search_steps[-1] < steps, (steps, r)
+            method_factory(r, Layout(frames=2, rows=4, cols=4, text_len=8, block_size=16), backend="reference")
 
 
 def test_mask_schedule_attention_full_mask_equals_dense_and_records_recall():
