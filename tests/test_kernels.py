@@ -124,6 +124,21 @@ def test_lse_cached_search_matches_oracle(shape, block_size):
     assert torch.allclose(rows, q_tokens.to(rows.dtype).expand_as(rows), rtol=1e-3)
 
 
+@settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
+@given(shape=shapes(), block_size=BLOCKS, drift=st.sampled_from([0.2, 1.0]))
+def test_lse_cached_search_with_a_stale_lse(shape, block_size, drift):
+    """The lse of an earlier step (drifted q, k): the kernel must use the lse it is given.
+
+    With the exact lse (the test above) a kernel that recomputed the lse itself would pass;
+    here rows no longer sum to the query count and only the given lse reproduces the oracle.
+    """
+    q, k, v = make_qkv(**shape)
+    q_old, k_old, v_old = make_qkv(**{**shape, "seed": shape["seed"] + 1})
+    _, stale = reference.attention(q + drift * q_old, k + drift * k_old, v)
+    oracle, ref = oracle_and_reference(reference.block_mass, q, k, stale, block_size=block_size)
+    assert_close(kernels().block_mass(q, k, stale, block_size=block_size), oracle, ref, name="mass")
+
+
 def adaptive_mask(q, k, v, block_size, sparsity, text_len, text_position):
     """A mask as the pipeline makes it: exact mass, text sink, head-adaptive tiers, row-wise top-k."""
     _, _, mass = reference.attention_with_block_mass(q, k, v, block_size=block_size)
