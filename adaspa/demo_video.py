@@ -130,8 +130,10 @@ def run_video_demo(options: VideoDemoOptions) -> dict:
     rows = []
     for step in range(options.steps):
         per_layer = [history[step].as_dict() for history in records]
-        rows.append(dict(step=step, phase=per_layer[0]["phase"],
-                         density=sum(r["density"] for r in per_layer) / len(per_layer)))
+        # The fused search returns the exact dense output: every pair is kept at that step
+        # (its record holds the density of the new mask, used from the next step on).
+        kept = [1.0 if r["phase"] == "search" else r["density"] for r in per_layer]
+        rows.append(dict(step=step, phase=per_layer[0]["phase"], density=sum(kept) / len(kept)))
     recalls = [r["recall"] for history in records for r in (x.as_dict() for x in history) if r["recall"] is not None]
     report = dict(
         caption=options.caption, steps=options.steps, frames=int(dense_clip.shape[1]), guidance=options.guidance,

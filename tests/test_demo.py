@@ -118,6 +118,9 @@ def test_model_workload_is_the_default_and_compares_clips(tmp_path, capsys):
     assert summary["frames"] == 2 and summary["tokens"] == 8 + 2 * 16 * 16
     assert [r["phase"] for r in summary["rows"]] == ["dense", "search", "cached_search"]
     assert summary["rows"][0]["density"] == 1.0 and 0.0 < summary["adaspa"]["density"] < 1.0
+    # The fused search (step 1) computes the exact dense output, so it kept every pair.
+    assert summary["rows"][1]["density"] == 1.0 and summary["rows"][2]["density"] < 1.0
+    assert summary["adaspa"]["density"] == pytest.approx((2.0 + summary["rows"][2]["density"]) / 3)
     assert 0.0 < summary["adaspa"]["recall"] <= 1.0
     # Step 0 is dense and step 1 is the exact fused search, so only step 2 (sparse) can differ from dense.
     assert 5.0 < summary["psnr"] < float("inf") and 0.0 < summary["ssim"] <= 1.0
