@@ -99,6 +99,8 @@ def test_attention_matches_oracle(shape, scale):
 @given(shape=shapes(), block_size=BLOCKS)
 @example(shape=dict(batch=1, heads=1, q_len=65, kv_len=100, dim=64, dtype=torch.float16, seq_major=False,
                     seed=2), block_size=64)
+@example(shape=dict(batch=1, heads=2, q_len=70, kv_len=45, dim=200, dtype=torch.bfloat16, seq_major=True,
+                    seed=6), block_size=32)
 def test_fused_search_matches_oracle(shape, block_size):
     q, k, v = make_qkv(**shape)
     oracle, ref = oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=block_size)
@@ -165,6 +167,8 @@ def with_empty_rows(mask: BlockSparseMask, fraction: float, seed: int) -> BlockS
        empty=st.sampled_from([0.0, 0.3]))
 @example(shape=dict(batch=1, heads=4, q_len=150, kv_len=150, dim=32, dtype=torch.bfloat16, seq_major=True,
                     seed=4), block_size=16, sparsity=0.8, text_len=20, text_position="last", empty=0.3)
+@example(shape=dict(batch=1, heads=2, q_len=70, kv_len=45, dim=256, dtype=torch.float16, seq_major=False,
+                    seed=7), block_size=32, sparsity=0.5, text_len=0, text_position="last", empty=0.3)
 def test_block_sparse_attention_matches_oracle(shape, block_size, sparsity, text_len, text_position, empty):
     q, k, v = make_qkv(**shape)
     text_len = min(text_len, q.shape[2], k.shape[2])
