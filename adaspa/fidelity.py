@@ -231,10 +231,14 @@ class MaskScheduleAttention:
 
 
 def _expand(mask, batch: int, heads: int, device):
-    if (mask.batch, mask.heads) == (batch, heads) and mask.device == torch.device(device):
-        return mask
-    return BlockSparseMask(mask.indices[:1, :1].expand(batch, heads, -1, -1).contiguous().to(device),
-                           mask.counts[:1, :1].expand(batch, heads, -1).contiguous().to(device),
+    """`mask` on `device` with leading dims `[batch, heads]`: a `[1, 1]` mask is broadcast,
+    a `[batch, heads]` one (e.g. per-head random blocks) is only moved, never collapsed."""
+    if (mask.batch, mask.heads) == (batch, heads):
+        return mask if mask.device == torch.device(device) else mask.to(device)
+    if (mask.batch, mask.heads) != (1, 1):
+        raise ValueError(f"mask must be [1, 1] or [batch={batch}, heads={heads}], got [{mask.batch}, {mask.heads}]")
+    return BlockSparseMask(mask.indices.expand(batch, heads, -1, -1).contiguous().to(device),
+                           mask.counts.expand(batch, heads, -1).contiguous().to(device),
                            mask.block_size, mask.q_len, mask.kv_len)
 
 

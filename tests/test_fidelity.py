@@ -119,6 +119,22 @@ def test_adaspa_recall_is_measured_under_the_exact_mass_at_cached_searches():
         assert method_factory(RunSpec(method), layout, backend="reference")(0).exact_recall is True
 
 
+def test_random_builder_keeps_per_head_masks_when_moving_device():
+    # A mask built on the CPU for a GPU call must keep its own random blocks per (batch, head);
+    # torch.device("cpu", 0) differs from the CPU mask's device, so this takes the moving path.
+    from adaspa.baselines import random_blocks_mask
+    from adaspa.fidelity import _expand
+
+    mask = random_blocks_mask(2, 3, 100, 100, 0.3, block_size=16, seed=1)
+    assert not bool((mask.to_dense() == mask.to_dense()[:1, :1]).all()), "seed 1 must give distinct heads"
+    moved = _expand(mask, 2, 3, torch.device("cpu", 0))
+    assert torch.equal(moved.to_dense(), mask.to_dense())
+    single = BlockSparseMask.from_dense(mask.to_dense()[:1, :1].contiguous(), 16, 100, 100)
+    assert torch.equal(_expand(single, 2, 3, "cpu").to_dense(), mask.to_dense()[:1, :1].expand(2, 3, -1, -1))
+    with pytest.raises(ValueError, match="heads"):
+        _expand(mask, 2, 4, "cpu")
+
+
 def test_layout_target_density_is_adaspa_row_budget():
     lay = Layout(frames=2, rows=4, cols=4, text_len=8, block_size=16)  # 40 tokens, 3 blocks, text in block 0
     # row 0 (text) keeps all 3 blocks; rows 1, 2 keep the text column plus ceil(0.5 * 2) = 1 candidate
