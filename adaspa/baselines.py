@@ -273,6 +273,9 @@ def random_blocks_mask(batch: int, heads: int, q_len: int, kv_len: int, density:
         >>> random_blocks_mask(1, 2, 256, 256, 0.5, block_size=64).counts.tolist()
         [[[2, 2, 2, 2], [2, 2, 2, 2]]]
     """
+    for name, value in (("batch", batch), ("heads", heads), ("q_len", q_len), ("kv_len", kv_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     density = check_sparsity(density, "density")
     if not isinstance(density, float):
         raise TypeError("density must be a float in [0, 1]")

@@ -198,3 +198,7 @@ def test_baseline_bad_inputs():
     with pytest.raises(ValueError, match="density"):
         random_blocks_mask(1, 1, 64, 64, 2.0)
     assert isinstance(random_blocks_mask(1, 1, 64, 64, 1.0, block_size=16), BlockSparseMask)
+    for name, args in (("batch", (0, 1, 64, 64)), ("heads", (1, -1, 64, 64)), ("q_len", (1, 1, 0, 64)),
+                       ("kv_len", (1, 1, 64, 64.5))):
+        with pytest.raises(ValueError, match=name):
+            random_blocks_mask(*args, 0.5, block_size=16)
