@@ -209,6 +209,11 @@ def test_heavy_first_order_gives_the_same_result():
     ordered = _block_sparse_attention(q, k, v, mask, heavy_first=True)
     naive = _block_sparse_attention(q, k, v, mask, heavy_first=False)
     assert torch.equal(ordered[0], naive[0]) and torch.equal(ordered[1], naive[1])
+    # Random q, k rarely give any head recall > 0.8, so the hypothesis test's tiers are mostly
+    # uniform; this mask's per-head budgets differ, so check it against the oracle too.
+    oracle, ref = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+    assert_close(ordered[0], oracle[0], ref[0], name="out")
+    assert_close(ordered[1], oracle[1], ref[1], name="lse")
 
 
 def small_inputs(dim=32, dtype=torch.float16, device=DEVICE):
