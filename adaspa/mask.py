@@ -28,6 +28,11 @@ class BlockSparseMask:
         q_len, kv_len: token lengths; `nq = ceil(q_len / block_size)`,
             `nk = ceil(kv_len / block_size)`; the last block of each axis may be partial.
 
+    The contents are trusted, not checked (checking device data would cost a host
+    sync): kept indices must be unique, in `[0, nk)`, and `counts <= max_kept`.
+    `from_dense`, `full` and `select_blocks` guarantee this; a hand-built mask that
+    breaks it gives the reference and the kernels different (wrong) answers.
+
     Example:
         >>> dense = torch.tensor([[[[True, False], [True, True]]]])   # [1, 1, 2, 2]
         >>> m = BlockSparseMask.from_dense(dense, block_size=64, q_len=100, kv_len=128)

@@ -117,7 +117,7 @@ def _sparse_configs_prune(configs, named_args, **kwargs):
 # Key blocks gathered per iteration (1, 2, 4) x warps (4, 8) x pipeline depth (2, 3) = 12;
 # the pruning keeps one warpgroup per 64 query rows (4 warps at block 64, 8 at 128), a
 # key tile 64-256 wide (narrower wastes the tensor cores) and the pipelined tiles within
-# shared memory: 4 configs at block 64, 2 at block 128 for D = 128.
+# shared memory: 3 configs at block 64, 1 at block 128 for D = 128 (docs/kernel-tuning.md).
 _SPARSE_CONFIGS = [
     triton.Config({"KPI": kpi}, num_warps=w, num_stages=s)
     for kpi in (1, 2, 4) for w in (4, 8) for s in (2, 3)

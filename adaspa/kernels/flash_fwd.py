@@ -128,7 +128,7 @@ def _attention_configs_prune(configs, named_args, **kwargs):
 # Tile heights 64/128 x widths 64/128 x pipeline depth 2/3, with 4 warps for 64-row tiles
 # and 8 for 128-row tiles (one warpgroup per 64 rows, as wgmma wants): 8 configs, few
 # enough that a first call compiles them in seconds. The fused search also needs tiles
-# holding whole blocks and the shared-memory budget leave 2-7 per key.
+# holding whole blocks and the shared-memory budget leave 1-8 per key.
 _ATTENTION_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=bm // 16, num_stages=s)
     for bm in (64, 128) for bn in (64, 128) for s in (2, 3)
