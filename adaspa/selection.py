@@ -112,6 +112,14 @@ def _broadcast_sparsity(sparsity: Sparsity, mass: torch.Tensor) -> torch.Tensor:
     return sparsity.to(device=mass.device, dtype=torch.float64).expand(batch, heads)
 
 
+def _broadcasts_to(x: torch.Tensor, shape) -> bool:
+    """True if `x` broadcasts to exactly `shape` (not to a larger one)."""
+    try:
+        return torch.broadcast_shapes(tuple(x.shape), tuple(shape)) == tuple(shape)
+    except RuntimeError:
+        return False
+
+
 def _broadcast_forced(forced: Optional[torch.Tensor], mass: torch.Tensor) -> torch.Tensor:
     """`forced` as bool `[B, H, nq, nk]` (an expanded view) on mass's device."""
     if forced is None:
@@ -119,11 +127,7 @@ def _broadcast_forced(forced: Optional[torch.Tensor], mass: torch.Tensor) -> tor
     if not isinstance(forced, torch.Tensor) or forced.dtype != torch.bool:
         raise TypeError(f"forced must be a bool tensor broadcastable to [B, H, nq, nk] = "
                         f"{list(mass.shape)}, got {getattr(forced, 'dtype', type(forced).__name__)}")
-    try:
-        shape = torch.broadcast_shapes(tuple(forced.shape), tuple(mass.shape))
-    except RuntimeError:
-        shape = None
-    if shape != tuple(mass.shape):
+    if not _broadcasts_to(forced, mass.shape):
         raise ValueError(f"forced must be broadcastable to [B, H, nq, nk] = {list(mass.shape)}, "
                          f"got shape {tuple(forced.shape)}")
     # A CPU mask (e.g. from text_sink_blocks) is copied host-to-device: no sync.
@@ -272,11 +276,7 @@ def recall(mass: torch.Tensor, mask) -> torch.Tensor:
                              f", but mass has shape {list(mass.shape)}")
         dense = mask.to_dense()
     elif isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
-        try:
-            shape = torch.broadcast_shapes(tuple(mask.shape), tuple(mass.shape))
-        except RuntimeError:
-            shape = None
-        if shape != tuple(mass.shape):
+        if not _broadcasts_to(mask, mass.shape):
             raise ValueError(f"mask must be broadcastable to mass's shape {list(mass.shape)}, "
                              f"got {tuple(mask.shape)}")
         dense = mask
