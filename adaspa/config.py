@@ -22,6 +22,24 @@ TEXT_POSITIONS = ("first", "last")
 DEFAULT_MIN_SEQ_LEN = 4096
 
 
+def scale_steps(paper_steps, steps: int) -> tuple:
+    """Step indices of the paper's 50-step schedule scaled to a run of `steps` steps.
+
+    Each index becomes `min(round(x * steps / 50), steps - 1)`; indices that fall on or
+    before the previous one are dropped, so the result is strictly increasing.
+
+    Example:
+        >>> scale_steps((10, 30), 50), scale_steps((10, 30), 10), scale_steps((10, 30), 1)
+        ((10, 30), (2, 6), (0,))
+    """
+    out = []
+    for x in paper_steps:
+        y = min(round(x * steps / 50), steps - 1)
+        if not out or y > out[-1]:
+            out.append(y)
+    return tuple(out)
+
+
 def _check_int(value, name: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")

@@ -31,7 +31,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .config import AdaSpaConfig
+from .config import AdaSpaConfig, scale_steps
 from .fidelity import TimedAttention, psnr, ssim
 from .layer import AdaSpaAttention
 from .models import DEFAULT_CAPTION, DenseAttention, load_default, save_video, tokenize
@@ -47,8 +47,7 @@ def paper_schedule(steps: int) -> Tuple[int, Tuple[int, ...]]:
         >>> paper_schedule(50), paper_schedule(10)
         ((10, (10, 30)), (2, (2, 6)))
     """
-    warmup = round(0.2 * steps)
-    return warmup, tuple(sorted({warmup, round(0.6 * steps)}))
+    return scale_steps((10,), steps)[0], scale_steps((10, 30), steps)
 
 
 @dataclass

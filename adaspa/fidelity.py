@@ -25,6 +25,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .config import scale_steps
 from .mask import BlockSparseMask
 
 
@@ -372,20 +373,14 @@ def default_runs(steps: int = 50, sparsities=(0.7, 0.8, 0.9)) -> list:
         >>> [r.search_steps for r in default_runs() if r.group == "search"]
         [(10,), (10, 20, 30), (10, 20, 30, 40)]
     """
-    def sc(values):
-        out = []
-        for x in values:
-            y = min(round(x * steps / 50), steps - 1)
-            if not out or y > out[-1]:
-                out.append(y)
-        return tuple(out)
-
-    w, ss = sc((10,))[0], sc((10, 30))
+    w, ss = scale_steps((10,), steps)[0], scale_steps((10, 30), steps)
     # Keeping every block reproduces dense attention up to rounding: the PSNR ceiling of the setup.
     runs = [RunSpec("adaspa_no_tiers", 0.0, w, ss, "floor")]
     runs += [RunSpec(m, s, w, ss) for s in sparsities for m in METHODS]
-    runs += [RunSpec("adaspa", 0.8, sc((x,))[0], sc((x, 30)), "warmup") for x in (0, 2, 5)]
-    runs += [RunSpec("adaspa", 0.8, w, sc(x), "search") for x in ((10,), (10, 20, 30), (10, 20, 30, 40))]
+    runs += [RunSpec("adaspa", 0.8, scale_steps((x,), steps)[0], scale_steps((x, 30), steps), "warmup")
+             for x in (0, 2, 5)]
+    runs += [RunSpec("adaspa", 0.8, w, scale_steps(x, steps), "search")
+             for x in ((10,), (10, 20, 30), (10, 20, 30, 40))]
     return runs
 
 
