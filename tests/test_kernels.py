@@ -216,6 +216,35 @@ def test_heavy_first_order_gives_the_same_result():
     assert_close(ordered[1], oracle[1], ref[1], name="lse")
 
 
+@pytest.mark.parametrize("aligned", [True, False])
+def test_tma_and_pointer_paths_match_oracle(aligned):
+    """Half inputs with 16-byte aligned rows take the copy-engine (TMA) path; rows that are not
+    (a slice one element into a wider buffer) read through pointers. Both must be exact."""
+    from adaspa.kernels._launch import padded_head_dim, tma_eligible
+
+    dim, length, block_size = 40, 150, 32
+    g = torch.Generator().manual_seed(11)
+    # [B=1, H=2, L, D] views into [1, L, 2, width] buffers: a width of 48 halves keeps rows
+    # 96-byte aligned; starting one element into 41-wide rows leaves base and strides unaligned.
+    width, first = (48, 0) if aligned else (dim + 1, 1)
+    wide = torch.randn(3, 1, length, 2, width, generator=g).to(DEVICE, torch.float16)
+    q, k, v = (x[..., first:first + dim].transpose(1, 2) for x in wide)
+    hopper = INTERPRET or torch.cuda.get_device_capability()[0] >= 9
+    assert tma_eligible(k, v, block_d=padded_head_dim(dim)) == (aligned and hopper)
+    oracle, ref = oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=block_size)
+    for name, a, o, r in zip(("out", "lse", "mass"),
+                             kernels().attention_with_block_mass(q, k, v, block_size=block_size), oracle, ref):
+        assert_close(a, o, r, name=name)
+    o_mass, r_mass = oracle_and_reference(reference.block_mass, q, k, ref[1], block_size=block_size)
+    assert_close(kernels().block_mass(q, k, ref[1], block_size=block_size), o_mass, r_mass, name="cached mass")
+    keep = torch.rand(1, 2, 5, 5, generator=g) < 0.6
+    mask = BlockSparseMask.from_dense(keep.to(DEVICE), block_size, length, length)
+    (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+    out, lse = kernels().block_sparse_attention(q, k, v, mask)
+    assert_close(out, o_out, r_out, name="sparse out")
+    assert_close(lse, o_lse, r_lse, name="sparse lse")
+
+
 def small_inputs(dim=32, dtype=torch.float16, device=DEVICE):
     return [torch.randn(1, 2, 40, dim, device=device).to(dtype) for _ in range(3)]
 

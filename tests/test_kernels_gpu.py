@@ -97,52 +97,92 @@ def test_tuned_kernels_match_oracle_at_video_sizes(block_size):
     assert_close(lse, oracle[1], ref[1], name="sparse lse")
 
 
-def test_every_config_matches_oracle():
-    """Each config of each autotuned kernel, launched directly, on ragged bf16 inputs."""
+@pytest.mark.parametrize("dtype, dim, block_size", [
+    (torch.float32, 256, 128), (torch.float32, 128, 128), (torch.float16, 256, 128),
+    (torch.bfloat16, 256, 64), (torch.float32, 72, 16), (torch.bfloat16, 40, 32),
+])
+def test_untuned_path_matches_oracle_at_its_largest_tiles(dtype, dim, block_size):
+    """The fixed-config path (fp32, D not in {64, 128}, block 16 / 32) fits shared memory and is right.
+
+    fp32 tiles of 128 x 128 and D = 256 tiles are where a fixed 2-stage pipeline would ask
+    for more than the 227 KiB a block may use; `fixed_config` must drop to what fits.
+    """
+    from adaspa import kernels
+
+    q, k, v = qkv(1, 2, 333, dim, dtype=dtype, seed=7)
+    oracle, ref = oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=block_size)
+    for name, a, o, r in zip(("out", "lse", "mass"), kernels.attention_with_block_mass(q, k, v, block_size=block_size),
+                             oracle, ref):
+        assert_close(a, o, r, name=name)
+    for name, a, o, r in zip(("dense out", "dense lse"), kernels.attention(q, k, v), oracle, ref):
+        assert_close(a, o, r, name=name)
+    o_mass, r_mass = oracle_and_reference(reference.block_mass, q, k, ref[1], block_size=block_size)
+    assert_close(kernels.block_mass(q, k, ref[1], block_size=block_size), o_mass, r_mass, name="cached mass")
+    mask = adaptive_mask(ref[2], q.shape[2], block_size)
+    (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+    out, lse = kernels.block_sparse_attention(q, k, v, mask)
+    assert_close(out, o_out, r_out, name="sparse out")
+    assert_close(lse, o_lse, r_lse, name="sparse lse")
+
+
+@pytest.mark.parametrize("tma", [True, False])
+@pytest.mark.parametrize("op", ["attention", "attention_with_block_mass", "block_mass", "block_sparse"])
+@pytest.mark.parametrize("block_size", [64, 128])
+def test_every_config_matches_oracle(block_size, op, tma):
+    """Each config of each autotuned kernel, launched directly on ragged bf16 inputs, through
+    the copy engine (TMA) and through pointers."""
     from adaspa.kernels import block_sparse, flash_fwd, search
-    from adaspa.kernels._launch import LOG2E, strides4
+    from adaspa.kernels._launch import LOG2E, row_tiles, strides4
 
     B, H, L, D = 1, 2, 777, 128
     q, k, v = qkv(B, H, L, D, seed=5)
     scale = D ** -0.5
-    for bs in (64, 128):
-        nb = -(-L // bs)
-        (o_out, o_lse, o_mass), (r_out, r_lse, r_mass) = oracle_and_reference(
-            reference.attention_with_block_mass, q, k, v, block_size=bs)
-        meta = dict(HEAD_D=D, BLOCK_D=D, BS=bs, PRECISION="tf32")
-        for with_mass in (False, True):
-            configs = flash_fwd._attention_configs_prune(flash_fwd._ATTENTION_CONFIGS, {},
-                                                         **meta, WITH_MASS=with_mass)
-            for config in configs:
-                out = torch.empty_like(q, memory_format=torch.contiguous_format)
-                lse = torch.empty(B, H, L, device="cuda")
-                mass = torch.empty(B, H, nb, nb, device="cuda")
-                grid = (-(-L // config.kwargs["BLOCK_M"]), B * H)
-                flash_fwd._attention_fwd_kernel[grid](
-                    q, k, v, out, lse, mass, *strides4(q), *strides4(k), *strides4(v), *strides4(out),
-                    H, L, L, nb, nb, scale * LOG2E, **meta, WITH_MASS=with_mass, **config.all_kwargs())
-                assert_close(out, o_out, r_out, name=f"out {config}")
-                assert_close(lse, o_lse, r_lse, name=f"lse {config}")
-                if with_mass:
-                    assert_close(mass, o_mass, r_mass, name=f"mass {config}")
+    nb = -(-L // block_size)
+    (o_out, o_lse, o_mass), (r_out, r_lse, r_mass) = oracle_and_reference(
+        reference.attention_with_block_mass, q, k, v, block_size=block_size)
+    meta = dict(HEAD_D=D, BLOCK_D=D, BS=block_size, PRECISION="tf32", TMA=tma)
+
+    def tiles(x, rows):
+        return row_tiles(x, rows, D) if tma else x
+
+    if op.startswith("attention"):
+        with_mass = op == "attention_with_block_mass"
+        for config in flash_fwd._attention_configs_prune(flash_fwd._ATTENTION_CONFIGS, {}, **meta,
+                                                         WITH_MASS=with_mass):
+            out = torch.empty_like(q, memory_format=torch.contiguous_format)
+            lse = torch.empty(B, H, L, device="cuda")
+            mass = torch.empty(B, H, nb, nb, device="cuda")
+            grid = (-(-L // config.kwargs["BLOCK_M"]), B * H)
+            rows = config.kwargs["BLOCK_N"]
+            flash_fwd._attention_fwd_kernel[grid](
+                q, tiles(k, rows), tiles(v, rows), out, lse, mass, *strides4(q), *strides4(k), *strides4(v),
+                *strides4(out), H, L, L, nb, nb, scale * LOG2E, **meta, WITH_MASS=with_mass, **config.all_kwargs())
+            assert_close(out, o_out, r_out, name=f"out {config}")
+            assert_close(lse, o_lse, r_lse, name=f"lse {config}")
+            if with_mass:
+                assert_close(mass, o_mass, r_mass, name=f"mass {config}")
+    elif op == "block_mass":
+        o_m, r_m = oracle_and_reference(reference.block_mass, q, k, r_lse, block_size=block_size)
         for config in search._mass_configs_prune(search._MASS_CONFIGS, {}, **meta):
             mass = torch.empty(B, H, nb, nb, device="cuda")
             grid = (-(-L // config.kwargs["BLOCK_M"]), B * H)
             search._block_mass_fwd_kernel[grid](
-                q, k, r_lse, mass, *strides4(q), *strides4(k), *r_lse.stride(), H, L, L, nb, nb, scale * LOG2E,
-                **meta, **config.all_kwargs())
-            o_m, r_m = oracle_and_reference(reference.block_mass, q, k, r_lse, block_size=bs)
+                q, tiles(k, config.kwargs["MASS_N"]), r_lse, mass, *strides4(q), *strides4(k), *r_lse.stride(),
+                H, L, L, nb, nb, scale * LOG2E, **meta, **config.all_kwargs())
             assert_close(mass, o_m, r_m, name=f"cached mass {config}")
-        mask = adaptive_mask(r_mass, L, bs, sparsity=0.7)
+    else:
+        mask = adaptive_mask(r_mass, L, block_size, sparsity=0.7)
         (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
         order = block_sparse.heavy_first_order(mask.counts)
-        for config in block_sparse._sparse_configs_prune(block_sparse._SPARSE_CONFIGS, {}, **meta):
+        configs = block_sparse._sparse_configs_prune(block_sparse._SPARSE_CONFIGS, {}, **meta)
+        assert configs and (not tma or all(c.kwargs["KPI"] == 1 for c in configs))
+        for config in configs:
             out = torch.empty_like(q, memory_format=torch.contiguous_format)
             lse = torch.empty(B, H, L, device="cuda")
             block_sparse._block_sparse_attention_fwd_kernel[(B * H * nb,)](
-                q, k, v, out, lse, mask.indices, mask.counts, order, *strides4(q), *strides4(k), *strides4(v),
-                *strides4(out), H, L, L, nb, mask.indices.shape[-1], scale * LOG2E, **meta, ORDERED=True,
-                **config.all_kwargs())
+                q, tiles(k, block_size), tiles(v, block_size), out, lse, mask.indices, mask.counts, order,
+                *strides4(q), *strides4(k), *strides4(v), *strides4(out), H, L, L, nb, mask.indices.shape[-1],
+                scale * LOG2E, **meta, ORDERED=True, **config.all_kwargs())
             assert_close(out, o_out, r_out, name=f"sparse out {config}")
             assert_close(lse, o_lse, r_lse, name=f"sparse lse {config}")
 

@@ -11,6 +11,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 #: Block sizes the kernels accept. 64 and 128 are the tuned ones; 16 and 32 exist so
 #: tests can draw many blocks from short sequences.
@@ -137,6 +138,64 @@ def to_dtype(x, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         x = bits.to(tl.float32, bitcast=True)
     return x.to(DTYPE)
+
+
+def tma_eligible(*tensors: torch.Tensor, block_d: int) -> bool:
+    """True when K / V tiles of every `[B, H, L, D]` tensor can come through Hopper's tensor copy engine (TMA).
+
+    The copy engine needs a Hopper-or-newer GPU (or the interpreter), a 16-byte aligned base,
+    16-byte aligned strides and a contiguous last dimension; the kernels also limit it to
+    half dtypes and D <= 128 (one 128 x 128 bf16 box per tile). Anything else, e.g. a slice
+    starting mid-row or float32 inputs, reads through pointers: same results, measured
+    slower (docs/kernel-tuning.md, run 3).
+    """
+    if block_d > 128 or os.environ.get("ADASPA_TMA", "1") == "0":
+        return False
+    for x in tensors:
+        if x.dtype not in (torch.float16, torch.bfloat16) or x.stride(-1) != 1 or x.data_ptr() % 16:
+            return False
+        if any(stride * x.element_size() % 16 for stride in x.stride()[:-1]):
+            return False
+    device = tensors[0].device
+    return interpreting() or (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
+def row_tiles(x: torch.Tensor, rows: int, block_d: int) -> TensorDescriptor:
+    """TMA descriptor over `x [B, H, L, D]` giving `[1, 1, rows, block_d]` tiles (zeros past L and D)."""
+    return TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, rows, block_d])
+
+
+def set_tile_rows(name_rows: dict):
+    """Autotune pre-hook factory: resize the descriptors' tiles to the config's tile heights.
+
+    `name_rows` maps a kernel argument (a descriptor) to the meta-parameter holding its tile
+    height, e.g. `{"K": "BLOCK_N"}`; pointer arguments (the non-TMA path) are left alone.
+    """
+    def hook(nargs):
+        for name, rows in name_rows.items():
+            if isinstance(nargs[name], TensorDescriptor):
+                nargs[name].block_shape = [1, 1, nargs[rows], nargs["BLOCK_D"]]
+
+    return hook
+
+
+@triton.jit
+def load_rows(X, p_x, i_b, i_h, start, LK, m_d, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+              MASK_N: tl.constexpr, TMA: tl.constexpr):
+    """Key / value rows `start .. start + ROWS` of one (batch, head) as a `[ROWS, BLOCK_D]` tile.
+
+    TMA: `X` is a `row_tiles` descriptor; the copy engine writes zeros past Lk and D.
+    Otherwise `p_x` holds the tile's `[ROWS, BLOCK_D]` pointers and the loads are masked
+    (`MASK_N` only on the tile that crosses Lk).
+    """
+    if TMA:
+        return X.load([i_b, i_h, start, 0]).reshape(ROWS, BLOCK_D)
+    else:
+        if MASK_N:
+            m_n = start + tl.arange(0, ROWS) < LK
+            return tl.load(p_x, mask=m_n[:, None] & m_d[None, :], other=0.0)
+        else:
+            return tl.load(p_x, mask=m_d[None, :], other=0.0)
 
 
 def strides4(x: torch.Tensor):

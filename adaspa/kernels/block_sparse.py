@@ -1,10 +1,12 @@
 """Head-adaptive block-sparse attention over a `BlockSparseMask`.
 
 One program per (batch, head, query block) walks the `counts[b, h, p]` kept key blocks
-listed in `indices[b, h, p]`, gathering `KPI` of them per iteration into one
-`[KPI * BS, D]` key tile (rows are gathered per block, so the kept blocks need not be
-adjacent; a 64-row block size still gets 128-wide dots). The softmax runs over the kept
-keys only; a row with no kept block writes `out = 0`, `lse = -inf`.
+listed in `indices[b, h, p]`. On Hopper with aligned half-precision inputs each kept
+block's K and V rows come through the tensor copy engine (TMA: one `[BS, D]` box per
+block, zeros past Lk); otherwise the kernel gathers `KPI` kept blocks per iteration
+through pointers into one `[KPI * BS, D]` key tile (so a 16-row block size still gets
+64-wide dots). The softmax runs over the kept keys only; a row with no kept block
+writes `out = 0`, `lse = -inf`.
 
 Load balance: heads keep different numbers of blocks (three tiers), and rows differ too.
 Programs are launched heavy-first: a device-side stable argsort of `counts` (descending)
@@ -23,7 +25,8 @@ import triton.language as tl
 
 from .._validation import check_attention_inputs, check_mask_matches, resolve_scale
 from ._launch import (LOG2E, SMEM_BUDGET, check_kernel_block_size, check_kernel_inputs, dot, dot_precision,
-                      fixed_config, padded_head_dim, smem_estimate, strides4, to_dtype, use_autotune)
+                      fixed_config, load_rows, padded_head_dim, row_tiles, smem_estimate, strides4, tma_eligible,
+                      to_dtype, use_autotune)
 
 
 @triton.jit
@@ -35,9 +38,13 @@ def _block_sparse_attention_fwd_kernel(
     stride_ob, stride_oh, stride_om, stride_od,
     H, LQ, LK, NQB, MAX_KEPT, qk_scale,
     HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BS: tl.constexpr, ORDERED: tl.constexpr,
-    PRECISION: tl.constexpr, KPI: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr, KPI: tl.constexpr,
 ):
-    """Program `pid` handles row `ORDER[pid]` (or `pid`) of the flattened `[B * H * nq]` mask."""
+    """Program `pid` handles row `ORDER[pid]` (or `pid`) of the flattened `[B * H * nq]` mask.
+
+    K and V are `row_tiles` descriptors of `[BS, BLOCK_D]` tiles when TMA (then KPI = 1),
+    else tensors read through pointers.
+    """
     BLOCK_N: tl.constexpr = KPI * BS
     pid = tl.program_id(0)
     if ORDERED:
@@ -62,14 +69,22 @@ def _block_sparse_attention_fwd_kernel(
     p_q = Q + i_b * stride_qb + i_h * stride_qh + o_m[:, None] * stride_qm + o_d[None, :] * stride_qd
     # [BS, BLOCK_D]
     b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
-    k_base = K + i_b * stride_kb + i_h * stride_kh
-    v_base = V + i_b * stride_vb + i_h * stride_vh
+    if not TMA:
+        k_base = K + i_b * stride_kb + i_h * stride_kh
+        v_base = V + i_b * stride_vb + i_h * stride_vh
 
     b_m = tl.full([BS], float("-inf"), tl.float32)
     b_l = tl.zeros([BS], tl.float32)
     b_acc = tl.zeros([BS, BLOCK_D], tl.float32)
     for it in range(0, tl.cdiv(n_kept, KPI)):
-        if KPI == 1:
+        if TMA:
+            # One kept block per tile, fetched by the copy engine (zeros past Lk).
+            b_blk = tl.load(p_idx + it)
+            m_key = b_blk * BS + o_n < LK
+            b_kt = tl.trans(load_rows(K, K, i_b.to(tl.int32), i_h.to(tl.int32), b_blk * BS, LK, m_d, BS, BLOCK_D,
+                                      False, True))
+            b_v = load_rows(V, V, i_b.to(tl.int32), i_h.to(tl.int32), b_blk * BS, LK, m_d, BS, BLOCK_D, False, True)
+        elif KPI == 1:
             # One kept block per tile: a scalar index and contiguous rows, which the
             # pipeliner turns into plain async copies.
             b_blk = tl.load(p_idx + it)
@@ -82,10 +97,11 @@ def _block_sparse_attention_fwd_kernel(
             b_blk = tl.load(p_idx + o_slot, mask=m_slot, other=0)
             o_key = (b_blk * BS + o_n % BS).to(tl.int64)
             m_key = m_slot & (o_key < LK)
-        b_kt = tl.load(k_base + o_key[None, :] * stride_kn + o_d[:, None] * stride_kd,
-                       mask=m_d[:, None] & m_key[None, :], other=0.0)
-        b_v = tl.load(v_base + o_key[:, None] * stride_vn + o_d[None, :] * stride_vd,
-                      mask=m_key[:, None] & m_d[None, :], other=0.0)
+        if not TMA:
+            b_kt = tl.load(k_base + o_key[None, :] * stride_kn + o_d[:, None] * stride_kd,
+                           mask=m_d[:, None] & m_key[None, :], other=0.0)
+            b_v = tl.load(v_base + o_key[:, None] * stride_vn + o_d[None, :] * stride_vd,
+                          mask=m_key[:, None] & m_d[None, :], other=0.0)
         # -inf on masked keys, added in the same FMA as the scale (a select per score costs more).
         b_bias = tl.where(m_key, 0.0, float("-inf"))
         # [BS, BLOCK_N], log2 domain; every tile holds >= 1 valid key, so b_m_new is finite.
@@ -110,21 +126,23 @@ def _sparse_configs_prune(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     bs = args["BS"]
     kept = [c for c in configs if 64 <= c.kwargs["KPI"] * bs <= 256 and c.num_warps == max(4, bs // 16)
+            and not (args["TMA"] and c.kwargs["KPI"] != 1)
             and smem_estimate(c.num_stages, bs, c.kwargs["KPI"] * bs, args["BLOCK_D"]) <= SMEM_BUDGET]
     return kept or configs[:1]
 
 
-# Key blocks gathered per iteration (1, 2, 4) x warps (4, 8) x pipeline depth (2, 3) = 12;
+# Key blocks gathered per iteration (1, 2, 4) x warps (4, 8) x pipeline depth (2, 3, 4) = 18;
 # the pruning keeps one warpgroup per 64 query rows (4 warps at block 64, 8 at 128), a
-# key tile 64-256 wide (narrower wastes the tensor cores) and the pipelined tiles within
-# shared memory: 3 configs at block 64, 1 at block 128 for D = 128 (docs/kernel-tuning.md).
+# key tile 64-256 wide (narrower wastes the tensor cores), one block per tile for TMA, and
+# the pipelined tiles within shared memory: for D = 128, 3 configs at block 64 and 1 at
+# block 128 through TMA (4 and 1 through pointers; docs/kernel-tuning.md).
 _SPARSE_CONFIGS = [
     triton.Config({"KPI": kpi}, num_warps=w, num_stages=s)
-    for kpi in (1, 2, 4) for w in (4, 8) for s in (2, 3)
+    for kpi in (1, 2, 4) for w in (4, 8) for s in (2, 3, 4)
 ]
 
 _block_sparse_tuned = triton.autotune(
-    configs=_SPARSE_CONFIGS, key=["BS", "BLOCK_D", "ORDERED"],
+    configs=_SPARSE_CONFIGS, key=["BS", "BLOCK_D", "ORDERED", "TMA"],
     prune_configs_by={"early_config_prune": _sparse_configs_prune},
 )(_block_sparse_attention_fwd_kernel)
 
@@ -149,14 +167,16 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=True):
     order = heavy_first_order(counts) if heavy_first else counts
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, LQ, device=q.device, dtype=torch.float32)
-    args = (q, k, v, out, lse, indices, counts, order, *strides4(q), *strides4(k), *strides4(v),
+    tma = tma_eligible(k, v, block_d=block_d)
+    k_arg, v_arg = (row_tiles(k, bs, block_d), row_tiles(v, bs, block_d)) if tma else (k, v)
+    args = (q, k_arg, v_arg, out, lse, indices, counts, order, *strides4(q), *strides4(k), *strides4(v),
             *strides4(out), H, LQ, LK, nq, indices.shape[-1], scale * LOG2E)
-    meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=bs, ORDERED=heavy_first, PRECISION=dot_precision(q.dtype))
+    meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=bs, ORDERED=heavy_first, PRECISION=dot_precision(q.dtype), TMA=tma)
     grid = (B * H * nq,)
     if use_autotune(q.dtype, block_d, bs):
         _block_sparse_tuned[grid](*args, **meta)
     else:
-        kpi = max(1, 64 // bs)
+        kpi = 1 if tma else max(1, 64 // bs)
         _block_sparse_attention_fwd_kernel[grid](*args, **meta, KPI=kpi,
                                                  **fixed_config(bs, kpi * bs, block_d, q.element_size()))
     return out, lse

@@ -6,8 +6,8 @@ Work per (query tile, key tile): one `[BLOCK_M, D] x [D, MASS_N]` dot (half the 
 work of attention: no `P @ V`), one exp2 per score, and a reduction of the tile to
 `[BLOCK_M / BS, MASS_N / BS]` block sums. No V is read and no output is written except
 `mass` (`B * H * nq * nk` floats, tiny next to Q and K). The exp2 count equals
-attention's, so on H100 the multi-function unit (16 exp2 / clock / SM), not the
-tensor cores, bounds this kernel: see docs/kernel-tuning.md.
+attention's, yet at 128-wide tiles dropping the exp2 saves only 2%: the matrix loop and
+the block reduction bound this kernel (docs/kernel-tuning.md, run 3).
 """
 
 from __future__ import annotations
@@ -18,27 +18,24 @@ import triton.language as tl
 
 from .._validation import check_attention_inputs, check_block_size, num_blocks, require_lse, resolve_scale
 from ._launch import (LOG2E, SMEM_BUDGET, check_kernel_block_size, check_kernel_inputs, dot, dot_precision,
-                      fixed_config, padded_head_dim, smem_estimate, strides4, use_autotune)
+                      fixed_config, load_rows, padded_head_dim, row_tiles, set_tile_rows, smem_estimate, strides4,
+                      tma_eligible, use_autotune)
 
 
 @triton.jit
-def _mass_tile(b_q, p_k, start, LK, b_lse2, MASS, o_mass_row, NKB, m_qb, qk_scale,
-               BLOCK_M: tl.constexpr, MASS_N: tl.constexpr, BS: tl.constexpr, BLOCK_D: tl.constexpr,
-               m_d, MASK_N: tl.constexpr, PRECISION: tl.constexpr):
+def _mass_tile(b_q, b_k, start, LK, b_lse2, MASS, o_mass_row, NKB, m_qb, qk_scale,
+               BLOCK_M: tl.constexpr, MASS_N: tl.constexpr, BS: tl.constexpr,
+               MASK_N: tl.constexpr, PRECISION: tl.constexpr):
     """Write the block sums of `exp2(qk * qk_scale - lse2)` for one key tile starting at `start`.
 
-    `p_k` points at the `[BLOCK_D, MASS_N]` (transposed) key tile, `b_lse2` is the log2-domain
-    LSE per query row (`+inf` on rows past Lq so they add 0), `o_mass_row` the int64 offsets of
+    `b_k` is the `[MASS_N, BLOCK_D]` key tile (zeros past Lk), `b_lse2` the log2-domain LSE
+    per query row (`+inf` on rows past Lq so they add 0), `o_mass_row` the int64 offsets of
     this tile's query blocks' rows in MASS.
     """
     o_n = start + tl.arange(0, MASS_N)
     m_n = o_n < LK
-    if MASK_N:
-        b_kt = tl.load(p_k, mask=m_d[:, None] & m_n[None, :], other=0.0)
-    else:
-        b_kt = tl.load(p_k, mask=m_d[:, None], other=0.0)
     # [BLOCK_M, MASS_N]
-    b_s = dot(b_q, b_kt, PRECISION) * qk_scale - b_lse2[:, None]
+    b_s = dot(b_q, tl.trans(b_k), PRECISION) * qk_scale - b_lse2[:, None]
     b_p = tl.math.exp2(b_s)
     if MASK_N:
         b_p = tl.where(m_n[None, :], b_p, 0.0)
@@ -64,13 +61,16 @@ def _block_mass_fwd_kernel(
     stride_lb, stride_lh, stride_lm,
     H, LQ, LK, NQB, NKB, qk_scale,
     HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BS: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, MASS_N: tl.constexpr,
+    TMA: tl.constexpr, BLOCK_M: tl.constexpr, MASS_N: tl.constexpr,
 ):
-    """One program per (query tile of BLOCK_M rows, batch * head): pass 2 of the search alone."""
+    """One program per (query tile of BLOCK_M rows, batch * head): pass 2 of the search alone.
+
+    K is a `row_tiles` descriptor when TMA, else a tensor read through pointers.
+    """
     i_m = tl.program_id(0)
     i_bh = tl.program_id(1)
-    i_b = (i_bh // H).to(tl.int64)
-    i_h = (i_bh % H).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
     m_m = o_m < LQ
@@ -78,10 +78,12 @@ def _block_mass_fwd_kernel(
         m_d = tl.full([BLOCK_D], 1, tl.int1)
     else:
         m_d = o_d < HEAD_D
-    p_q = Q + i_b * stride_qb + i_h * stride_qh + o_m[:, None].to(tl.int64) * stride_qm + o_d[None, :] * stride_qd
+    p_q = (Q + i_b.to(tl.int64) * stride_qb + i_h.to(tl.int64) * stride_qh + o_m[:, None].to(tl.int64) * stride_qm
+           + o_d[None, :] * stride_qd)
     # [BLOCK_M, BLOCK_D]
     b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
-    b_lse = tl.load(LSE + i_b * stride_lb + i_h * stride_lh + o_m.to(tl.int64) * stride_lm, mask=m_m, other=0.0)
+    b_lse = tl.load(LSE + i_b.to(tl.int64) * stride_lb + i_h.to(tl.int64) * stride_lh + o_m.to(tl.int64) * stride_lm,
+                    mask=m_m, other=0.0)
     b_lse2 = tl.where(m_m, b_lse.to(tl.float32) * 1.4426950408889634, float("inf"))
 
     o_qb = i_m * (BLOCK_M // BS) + tl.arange(0, BLOCK_M // BS)
@@ -89,15 +91,23 @@ def _block_mass_fwd_kernel(
     o_mass_row = (i_bh.to(tl.int64) * NQB + o_qb) * NKB
 
     o_n = tl.arange(0, MASS_N)
-    p_k = K + i_b * stride_kb + i_h * stride_kh + o_n[None, :] * stride_kn + o_d[:, None] * stride_kd
+    if TMA:
+        p_k = K
+    else:
+        # [MASS_N, BLOCK_D] pointers of the first key tile
+        p_k = (K + i_b.to(tl.int64) * stride_kb + i_h.to(tl.int64) * stride_kh + o_n[:, None] * stride_kn
+               + o_d[None, :] * stride_kd)
     lk_full = (LK // MASS_N) * MASS_N
     for start in range(0, lk_full, MASS_N):
-        _mass_tile(b_q, p_k, start, LK, b_lse2, MASS, o_mass_row, NKB, m_qb, qk_scale,
-                   BLOCK_M, MASS_N, BS, BLOCK_D, m_d, False, PRECISION)
-        p_k += MASS_N * stride_kn
+        b_k = load_rows(K, p_k, i_b, i_h, start, LK, m_d, MASS_N, BLOCK_D, False, TMA)
+        _mass_tile(b_q, b_k, start, LK, b_lse2, MASS, o_mass_row, NKB, m_qb, qk_scale,
+                   BLOCK_M, MASS_N, BS, False, PRECISION)
+        if not TMA:
+            p_k += MASS_N * stride_kn
     if lk_full < LK:
-        _mass_tile(b_q, p_k, lk_full, LK, b_lse2, MASS, o_mass_row, NKB, m_qb, qk_scale,
-                   BLOCK_M, MASS_N, BS, BLOCK_D, m_d, True, PRECISION)
+        b_k = load_rows(K, p_k, i_b, i_h, lk_full, LK, m_d, MASS_N, BLOCK_D, True, TMA)
+        _mass_tile(b_q, b_k, lk_full, LK, b_lse2, MASS, o_mass_row, NKB, m_qb, qk_scale,
+                   BLOCK_M, MASS_N, BS, True, PRECISION)
 
 
 def _mass_configs_prune(configs, named_args, **kwargs):
@@ -111,15 +121,17 @@ def _mass_configs_prune(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
-# 2 tile heights x 2 tile widths x 2 pipeline depths = 8, with one warpgroup per 64 rows;
-# tiles must hold whole blocks (BLOCK_M, MASS_N multiples of BS), which leaves 2-8 per key.
+# 3 tile heights x 2 tile widths x 2 pipeline depths = 12, with one warpgroup per 64 rows;
+# tiles must hold whole blocks (BLOCK_M, MASS_N multiples of BS) and fit shared memory,
+# which leaves 5-11 per key. 256-row tiles halve the K traffic per query row (run 3).
 _MASS_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "MASS_N": bn}, num_warps=bm // 16, num_stages=s)
-    for bm in (64, 128) for bn in (64, 128) for s in (2, 3)
+    triton.Config({"BLOCK_M": bm, "MASS_N": bn}, num_warps=bm // 16, num_stages=s,
+                  pre_hook=set_tile_rows({"K": "MASS_N"}))
+    for bm in (64, 128, 256) for bn in (64, 128) for s in (2, 3)
 ]
 
 _block_mass_tuned = triton.autotune(
-    configs=_MASS_CONFIGS, key=["BS", "BLOCK_D"], prune_configs_by={"early_config_prune": _mass_configs_prune}
+    configs=_MASS_CONFIGS, key=["BS", "BLOCK_D", "TMA"], prune_configs_by={"early_config_prune": _mass_configs_prune}
 )(_block_mass_fwd_kernel)
 
 
@@ -161,14 +173,16 @@ def block_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, block_siz
     nq, nk = num_blocks(LQ, block_size), num_blocks(LK, block_size)
     block_d = padded_head_dim(D)
     mass = torch.empty(B, H, nq, nk, device=q.device, dtype=torch.float32)
-    args = (q, k, lse, mass, *strides4(q), *strides4(k), lse.stride(0), lse.stride(1), lse.stride(2),
-            H, LQ, LK, nq, nk, scale * LOG2E)
-    meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=block_size, PRECISION=dot_precision(q.dtype))
+    tma = tma_eligible(k, block_d=block_d)
+    tile = fixed_tile(block_size, block_d)
+    # The descriptor starts with the untuned tile; the autotuner's pre-hook resizes it per config.
+    args = (q, row_tiles(k, tile, block_d) if tma else k, lse, mass, *strides4(q), *strides4(k),
+            lse.stride(0), lse.stride(1), lse.stride(2), H, LQ, LK, nq, nk, scale * LOG2E)
+    meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=block_size, PRECISION=dot_precision(q.dtype), TMA=tma)
     if use_autotune(q.dtype, block_d, block_size):
         grid = lambda m: (triton.cdiv(LQ, m["BLOCK_M"]), B * H)  # noqa: E731
         _block_mass_tuned[grid](*args, **meta)
     else:
-        tile = fixed_tile(block_size, block_d)
         _block_mass_fwd_kernel[(triton.cdiv(LQ, tile), B * H)](
             *args, **meta, BLOCK_M=tile, MASS_N=tile,
             **fixed_config(tile, tile, block_d, q.element_size(), with_v=False))
