@@ -193,8 +193,7 @@ def test_block_sparse_attention_with_three_tiers_matches_oracle(dtype, block_siz
                                   text_position="first")
     q, k, v = synthetic_qkv(config, seed=3, dtype=dtype, device=DEVICE)
     mask = adaptive_mask(q, k, v, block_size, 0.8, config.text_len, config.text_position)
-    tiers = head_adaptive_sparsity(reference.attention_with_block_mass(q, k, v, block_size=block_size)[2], 0.8)
-    assert len(set(tiers.flatten().tolist())) >= 2, tiers
+    # Uniform tiers would give every head the same kept count (same k per row, same text sink).
     counts_per_head = mask.counts.sum(-1).flatten().tolist()
     assert len(set(counts_per_head)) >= 2, counts_per_head
     oracle, ref = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
