@@ -78,38 +78,11 @@ def test_sparse_step_replays_in_a_cuda_graph(block_size):
         assert torch.equal(g_mass, kernels.block_mass(static_q, k, lse, block_size=block_size))
 
 
-@pytest.mark.parametrize("block_size", [64, 128])
-def test_tuned_kernels_match_oracle_at_video_sizes(block_size):
-    """The autotuned path (bf16, D=128, [B, L, H, D] layout) against the float64 oracle."""
+def assert_every_op_matches_oracle(q, k, v, block_size):
+    """Fused search, dense attention, LSE-cached search and block-sparse attention (on the
+    head-adaptive mask of the exact mass) against the float64 oracle."""
     from adaspa import kernels
 
-    q, k, v = qkv(1, 3, 2000, 128, seed=4)
-    oracle, ref = oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=block_size)
-    out, lse, mass = kernels.attention_with_block_mass(q, k, v, block_size=block_size)
-    for name, a, o, r in zip(("out", "lse", "mass"), (out, lse, mass), oracle, ref):
-        assert_close(a, o, r, name=name)
-    o_mass, r_mass = oracle_and_reference(reference.block_mass, q, k, ref[1], block_size=block_size)
-    assert_close(kernels.block_mass(q, k, ref[1], block_size=block_size), o_mass, r_mass, name="cached mass")
-    mask = adaptive_mask(ref[2], q.shape[2], block_size)
-    oracle, ref = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
-    out, lse = kernels.block_sparse_attention(q, k, v, mask)
-    assert_close(out, oracle[0], ref[0], name="sparse out")
-    assert_close(lse, oracle[1], ref[1], name="sparse lse")
-
-
-@pytest.mark.parametrize("dtype, dim, block_size", [
-    (torch.float32, 256, 128), (torch.float32, 128, 128), (torch.float16, 256, 128),
-    (torch.bfloat16, 256, 64), (torch.float32, 72, 16), (torch.bfloat16, 40, 32),
-])
-def test_untuned_path_matches_oracle_at_its_largest_tiles(dtype, dim, block_size):
-    """The fixed-config path (fp32, D not in {64, 128}, block 16 / 32) fits shared memory and is right.
-
-    fp32 tiles of 128 x 128 and D = 256 tiles are where a fixed 2-stage pipeline would ask
-    for more than the 227 KiB a block may use; `fixed_config` must drop to what fits.
-    """
-    from adaspa import kernels
-
-    q, k, v = qkv(1, 2, 333, dim, dtype=dtype, seed=7)
     oracle, ref = oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=block_size)
     for name, a, o, r in zip(("out", "lse", "mass"), kernels.attention_with_block_mass(q, k, v, block_size=block_size),
                              oracle, ref):
@@ -123,6 +96,25 @@ def test_untuned_path_matches_oracle_at_its_largest_tiles(dtype, dim, block_size
     out, lse = kernels.block_sparse_attention(q, k, v, mask)
     assert_close(out, o_out, r_out, name="sparse out")
     assert_close(lse, o_lse, r_lse, name="sparse lse")
+
+
+@pytest.mark.parametrize("block_size", [64, 128])
+def test_tuned_kernels_match_oracle_at_video_sizes(block_size):
+    """The autotuned path (bf16, D=128, [B, L, H, D] layout) against the float64 oracle."""
+    assert_every_op_matches_oracle(*qkv(1, 3, 2000, 128, seed=4), block_size)
+
+
+@pytest.mark.parametrize("dtype, dim, block_size", [
+    (torch.float32, 256, 128), (torch.float32, 128, 128), (torch.float16, 256, 128),
+    (torch.bfloat16, 256, 64), (torch.float32, 72, 16), (torch.bfloat16, 40, 32),
+])
+def test_untuned_path_matches_oracle_at_its_largest_tiles(dtype, dim, block_size):
+    """The fixed-config path (fp32, D not in {64, 128}, block 16 / 32) fits shared memory and is right.
+
+    fp32 tiles of 128 x 128 and D = 256 tiles are where a fixed 2-stage pipeline would ask
+    for more than the 227 KiB a block may use; `fixed_config` must drop to what fits.
+    """
+    assert_every_op_matches_oracle(*qkv(1, 2, 333, dim, dtype=dtype, seed=7), block_size)
 
 
 @pytest.mark.parametrize("tma", [True, False])
