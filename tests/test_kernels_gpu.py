@@ -84,14 +84,22 @@ def assert_every_op_matches_oracle(q, k, v, block_size):
     from adaspa import kernels
 
     oracle, ref = oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=block_size)
+    for name, a, o, r in zip(("dense out", "dense lse"), kernels.attention(q, k, v), oracle, ref):
+        assert_close(a, o, r, name=name)
+    mask = adaptive_mask(ref[2], q.shape[2], block_size)
+    if q.dtype == torch.float32 and q.shape[-1] > 128 and block_size > 64:
+        # Whole-block float32 tiles of this D exceed shared memory: the block ops refuse them.
+        for call in (lambda: kernels.attention_with_block_mass(q, k, v, block_size=block_size),
+                     lambda: kernels.block_mass(q, k, ref[1], block_size=block_size),
+                     lambda: kernels.block_sparse_attention(q, k, v, mask)):
+            with pytest.raises(ValueError, match="only at block sizes <= 64"):
+                call()
+        return
     for name, a, o, r in zip(("out", "lse", "mass"), kernels.attention_with_block_mass(q, k, v, block_size=block_size),
                              oracle, ref):
         assert_close(a, o, r, name=name)
-    for name, a, o, r in zip(("dense out", "dense lse"), kernels.attention(q, k, v), oracle, ref):
-        assert_close(a, o, r, name=name)
     o_mass, r_mass = oracle_and_reference(reference.block_mass, q, k, ref[1], block_size=block_size)
     assert_close(kernels.block_mass(q, k, ref[1], block_size=block_size), o_mass, r_mass, name="cached mass")
-    mask = adaptive_mask(ref[2], q.shape[2], block_size)
     (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
     out, lse = kernels.block_sparse_attention(q, k, v, mask)
     assert_close(out, o_out, r_out, name="sparse out")
@@ -112,7 +120,8 @@ def test_untuned_path_matches_oracle_at_its_largest_tiles(dtype, dim, block_size
     """The fixed-config path (fp32, D not in {64, 128}, block 16 / 32) fits shared memory and is right.
 
     fp32 tiles of 128 x 128 and D = 256 tiles are where a fixed 2-stage pipeline would ask
-    for more than the 227 KiB a block may use; `fixed_config` must drop to what fits.
+    for more than the 227 KiB a block may use; `fixed_config` must drop to what fits. At
+    fp32 D = 256 block 128 the block ops' whole-block tiles cannot fit: they must refuse it.
     """
     assert_every_op_matches_oracle(*qkv(1, 2, 333, dim, dtype=dtype, seed=7), block_size)
 
@@ -120,63 +129,44 @@ def test_untuned_path_matches_oracle_at_its_largest_tiles(dtype, dim, block_size
 @pytest.mark.parametrize("tma", [True, False])
 @pytest.mark.parametrize("op", ["attention", "attention_with_block_mass", "block_mass", "block_sparse"])
 @pytest.mark.parametrize("block_size", [64, 128])
-def test_every_config_matches_oracle(block_size, op, tma):
-    """Each config of each autotuned kernel, launched directly on ragged bf16 inputs, through
-    the copy engine (TMA) and through pointers."""
+def test_every_config_matches_oracle(block_size, op, tma, monkeypatch):
+    """Each config of each autotuned kernel, launched on its own on ragged bf16 inputs, through
+    the copy engine (TMA) and through pointers (`ADASPA_TMA=0`)."""
     from adaspa.kernels import block_sparse, flash_fwd, search
-    from adaspa.kernels._launch import LOG2E, row_tiles, strides4
 
+    monkeypatch.setenv("ADASPA_TMA", "1" if tma else "0")
     B, H, L, D = 1, 2, 777, 128
     q, k, v = qkv(B, H, L, D, seed=5)
-    scale = D ** -0.5
-    nb = -(-L // block_size)
     (o_out, o_lse, o_mass), (r_out, r_lse, r_mass) = oracle_and_reference(
         reference.attention_with_block_mass, q, k, v, block_size=block_size)
     meta = dict(HEAD_D=D, BLOCK_D=D, BS=block_size, PRECISION="tf32", TMA=tma)
 
-    def tiles(x, rows):
-        return row_tiles(x, rows, D) if tma else x
-
     if op.startswith("attention"):
         with_mass = op == "attention_with_block_mass"
-        for config in flash_fwd._attention_configs_prune(flash_fwd._ATTENTION_CONFIGS, {}, **meta,
-                                                         WITH_MASS=with_mass):
-            out = torch.empty_like(q, memory_format=torch.contiguous_format)
-            lse = torch.empty(B, H, L, device="cuda")
-            mass = torch.empty(B, H, nb, nb, device="cuda")
-            grid = (-(-L // config.kwargs["BLOCK_M"]), B * H)
-            rows = config.kwargs["BLOCK_N"]
-            flash_fwd._attention_fwd_kernel[grid](
-                q, tiles(k, rows), tiles(v, rows), out, lse, mass, *strides4(q), *strides4(k), *strides4(v),
-                *strides4(out), H, L, L, nb, nb, scale * LOG2E, **meta, WITH_MASS=with_mass, **config.all_kwargs())
+        configs = flash_fwd._attention_configs_prune(flash_fwd._ATTENTION_CONFIGS, {}, **meta, WITH_MASS=with_mass)
+        for config in configs:
+            out, lse, mass = flash_fwd._launch(q, k, v, block_size=block_size, scale=None, with_mass=with_mass,
+                                               config=config)
             assert_close(out, o_out, r_out, name=f"out {config}")
             assert_close(lse, o_lse, r_lse, name=f"lse {config}")
             if with_mass:
                 assert_close(mass, o_mass, r_mass, name=f"mass {config}")
     elif op == "block_mass":
         o_m, r_m = oracle_and_reference(reference.block_mass, q, k, r_lse, block_size=block_size)
-        for config in search._mass_configs_prune(search._MASS_CONFIGS, {}, **meta):
-            mass = torch.empty(B, H, nb, nb, device="cuda")
-            grid = (-(-L // config.kwargs["BLOCK_M"]), B * H)
-            search._block_mass_fwd_kernel[grid](
-                q, tiles(k, config.kwargs["MASS_N"]), r_lse, mass, *strides4(q), *strides4(k), *r_lse.stride(),
-                H, L, L, nb, nb, scale * LOG2E, **meta, **config.all_kwargs())
+        configs = search._mass_configs_prune(search._MASS_CONFIGS, {}, **meta)
+        for config in configs:
+            mass = search._block_mass(q, k, r_lse, block_size=block_size, scale=None, config=config)
             assert_close(mass, o_m, r_m, name=f"cached mass {config}")
     else:
         mask = adaptive_mask(r_mass, L, block_size, sparsity=0.7)
         (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
-        order = block_sparse.heavy_first_order(mask.counts)
         configs = block_sparse._sparse_configs_prune(block_sparse._SPARSE_CONFIGS, {}, **meta)
-        assert configs and (not tma or all(c.kwargs["KPI"] == 1 for c in configs))
+        assert not tma or all(c.kwargs["KPI"] == 1 for c in configs)
         for config in configs:
-            out = torch.empty_like(q, memory_format=torch.contiguous_format)
-            lse = torch.empty(B, H, L, device="cuda")
-            block_sparse._block_sparse_attention_fwd_kernel[(B * H * nb,)](
-                q, tiles(k, block_size), tiles(v, block_size), out, lse, mask.indices, mask.counts, order,
-                *strides4(q), *strides4(k), *strides4(v), *strides4(out), H, L, L, nb, mask.indices.shape[-1],
-                scale * LOG2E, **meta, ORDERED=True, **config.all_kwargs())
+            out, lse = block_sparse._block_sparse_attention(q, k, v, mask, config=config)
             assert_close(out, o_out, r_out, name=f"sparse out {config}")
             assert_close(lse, o_lse, r_lse, name=f"sparse lse {config}")
+    assert configs
 
 
 def test_offsets_past_two_to_the_31():

@@ -6,8 +6,10 @@
 - `block_sparse_attention(q, k, v, mask)` -> `(out, lse)`: head-adaptive block-sparse attention.
 
 Inputs are float16 / bfloat16 / float32 CUDA tensors of any strides with D <= 256 and block
-sizes 16, 32, 64 or 128. CPU tensors run under Triton's interpreter when
-`TRITON_INTERPRET=1` (slow; for tests), else raise. docs/kernels.md explains the kernels.
+sizes 16, 32, 64 or 128 (float32 with D > 128 only at block sizes <= 64 in the three block
+ops: 128-row float32 tiles of that D exceed shared memory). CPU tensors run under Triton's
+interpreter when `TRITON_INTERPRET=1` (slow; for tests), else raise. docs/kernels.md
+explains the kernels.
 
 Example:
     >>> import torch

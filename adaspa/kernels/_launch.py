@@ -86,6 +86,19 @@ def check_kernel_inputs(q: torch.Tensor, head_dim: int) -> None:
         raise ValueError(f"head dim D must be <= {MAX_HEAD_DIM} for adaspa.kernels, got D={head_dim}")
 
 
+def check_block_tiles_fit(dtype: torch.dtype, head_dim: int, block_size: int, name: str = "block_size") -> None:
+    """Reject float32 with D > 128 at block 128 in the block kernels (fused and cached search, block-sparse).
+
+    Their tiles hold whole 128-row blocks, and 128 x 256 float32 tiles of Q, K (and V) asked
+    for 256-384 KiB of shared memory on the H200, which allows 227 KiB per block (measured
+    2026-11-26). Dense `attention` has no such limit (its tiles need not hold blocks).
+    """
+    if dtype == torch.float32 and head_dim > 128 and block_size > 64:
+        raise ValueError(f"{name}={block_size} with float32 inputs and D={head_dim}: the kernels support float32 "
+                         "with D > 128 only at block sizes <= 64 (128-row float32 tiles of that D exceed the GPU's "
+                         "shared memory); pass bfloat16 / float16 inputs or a block size of 64")
+
+
 def check_kernel_block_size(block_size: int, name: str = "block_size") -> int:
     """Return `block_size` if the kernels support it, else raise naming the supported set."""
     if block_size not in SUPPORTED_BLOCK_SIZES:
@@ -196,6 +209,57 @@ def load_rows(X, p_x, i_b, i_h, start, LK, m_d, ROWS: tl.constexpr, BLOCK_D: tl.
             return tl.load(p_x, mask=m_n[:, None] & m_d[None, :], other=0.0)
         else:
             return tl.load(p_x, mask=m_d[None, :], other=0.0)
+
+
+@triton.jit
+def load_q_tile(Q, i_b, i_h, i_m, stride_qb, stride_qh, stride_qm, stride_qd, LQ,
+                HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Query rows `i_m * BLOCK_M ..` of one (batch, head) as a `[BLOCK_M, BLOCK_D]` tile, zeros
+    past Lq and D; also returns the row offsets `o_m`, the row mask `m_m` and the D mask `m_d`."""
+    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_D)
+    m_m = o_m < LQ
+    if BLOCK_D == HEAD_D:
+        m_d = tl.full([BLOCK_D], 1, tl.int1)
+    else:
+        m_d = o_d < HEAD_D
+    p_q = (Q + i_b.to(tl.int64) * stride_qb + i_h.to(tl.int64) * stride_qh + o_m[:, None].to(tl.int64) * stride_qm
+           + o_d[None, :] * stride_qd)
+    return tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0), o_m, m_m, m_d
+
+
+@triton.jit
+def store_out_tile(O, b_out, i_b, i_h, o_m, m_m, m_d, stride_ob, stride_oh, stride_om, stride_od,
+                   BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """Write the fp32 `[rows, BLOCK_D]` tile `b_out` to rows `o_m` of one (batch, head) of O, in O's dtype."""
+    o_d = tl.arange(0, BLOCK_D)
+    p_o = (O + i_b.to(tl.int64) * stride_ob + i_h.to(tl.int64) * stride_oh + o_m[:, None].to(tl.int64) * stride_om
+           + o_d[None, :] * stride_od)
+    tl.store(p_o, to_dtype(b_out, O.dtype.element_ty, PRECISION), mask=m_m[:, None] & m_d[None, :])
+
+
+#: Scratch rows per SM of the fused search: a program of `BLOCK_M` query rows uses a `[nk, BLOCK_M]`
+#: float32 slot, and there are `256 // BLOCK_M` slots per SM (more than fit there at once), so
+#: the scratch is `num_sms * 256 * nk` floats: O(L), never O(L^2) (251 MB at L = 118784,
+#: block 64, 132 SMs, whatever B and H; a bf16 Q of 24 heads at that length is 730 MB).
+SCRATCH_ROWS_PER_SM = 256
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of `device`; 2 under the interpreter (CPU tensors), so that
+    CPU tests have fewer slots than programs and slots get reused."""
+    if device.type != "cuda":
+        return 2
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def scratch_slots(device: torch.device, nk: int):
+    """`(scratch, locks, rows)` of the fused search: `rows = num_sms * 256` scratch rows of `nk`
+    floats, and the slot locks (int32 zeros, enough for slots of >= 16 rows; every launch
+    leaves them zero again)."""
+    rows = sm_count(device) * SCRATCH_ROWS_PER_SM
+    scratch = torch.empty(rows * nk, device=device, dtype=torch.float32)
+    return scratch, torch.zeros(rows // 16, device=device, dtype=torch.int32), rows
 
 
 def strides4(x: torch.Tensor):

@@ -24,9 +24,9 @@ import triton
 import triton.language as tl
 
 from .._validation import check_attention_inputs, check_mask_matches, resolve_scale
-from ._launch import (LOG2E, SMEM_BUDGET, check_kernel_block_size, check_kernel_inputs, dot, dot_precision,
-                      fixed_config, load_rows, padded_head_dim, row_tiles, smem_estimate, strides4, tma_eligible,
-                      to_dtype, use_autotune)
+from ._launch import (LOG2E, SMEM_BUDGET, check_block_tiles_fit, check_kernel_block_size, check_kernel_inputs, dot,
+                      dot_precision, fixed_config, load_q_tile, load_rows, padded_head_dim, row_tiles, smem_estimate,
+                      store_out_tile, strides4, tma_eligible, to_dtype, use_autotune)
 
 
 @triton.jit
@@ -58,17 +58,11 @@ def _block_sparse_attention_fwd_kernel(
     n_kept = tl.load(COUNTS + i_row)
     p_idx = INDICES + i_row * MAX_KEPT
 
-    o_m = i_p * BS + tl.arange(0, BS)
+    # [BS, BLOCK_D]
+    b_q, o_m, m_m, m_d = load_q_tile(Q, i_b, i_h, i_p, stride_qb, stride_qh, stride_qm, stride_qd, LQ,
+                                     HEAD_D, BS, BLOCK_D)
     o_d = tl.arange(0, BLOCK_D)
     o_n = tl.arange(0, BLOCK_N)
-    m_m = o_m < LQ
-    if BLOCK_D == HEAD_D:
-        m_d = tl.full([BLOCK_D], 1, tl.int1)
-    else:
-        m_d = o_d < HEAD_D
-    p_q = Q + i_b * stride_qb + i_h * stride_qh + o_m[:, None] * stride_qm + o_d[None, :] * stride_qd
-    # [BS, BLOCK_D]
-    b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
     if not TMA:
         k_base = K + i_b * stride_kb + i_h * stride_kh
         v_base = V + i_b * stride_vb + i_h * stride_vh
@@ -117,8 +111,7 @@ def _block_sparse_attention_fwd_kernel(
     b_out = tl.where(m_live[:, None], b_acc / tl.where(m_live, b_l, 1.0)[:, None], 0.0)
     b_lse = tl.where(m_live, (b_m + tl.math.log2(tl.where(m_live, b_l, 1.0))) * 0.6931471805599453,
                      float("-inf"))
-    p_o = O + i_b * stride_ob + i_h * stride_oh + o_m[:, None] * stride_om + o_d[None, :] * stride_od
-    tl.store(p_o, to_dtype(b_out, O.dtype.element_ty, PRECISION), mask=m_m[:, None] & m_d[None, :])
+    store_out_tile(O, b_out, i_b, i_h, o_m, m_m, m_d, stride_ob, stride_oh, stride_om, stride_od, BLOCK_D, PRECISION)
     tl.store(LSE + i_bh * LQ + o_m, b_lse, mask=m_m)
 
 
@@ -152,11 +145,14 @@ def heavy_first_order(counts: torch.Tensor) -> torch.Tensor:
     return torch.argsort(counts.reshape(-1), descending=True, stable=True).to(torch.int32)
 
 
-def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=True):
+def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=True, config=None):
+    """`block_sparse_attention`, optionally in row order, autotuned or (tests) with one given
+    `triton.Config` of `_SPARSE_CONFIGS`."""
     shape = check_attention_inputs(q, k, v)
     check_mask_matches(mask, shape, q.device)
     check_kernel_block_size(mask.block_size, "mask.block_size")
     check_kernel_inputs(q, shape.head_dim)
+    check_block_tiles_fit(q.dtype, shape.head_dim, mask.block_size, "mask.block_size")
     scale = resolve_scale(scale, shape.head_dim)
     B, H, LQ, LK, D = shape
     bs = mask.block_size
@@ -173,12 +169,13 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=True):
             *strides4(out), H, LQ, LK, nq, indices.shape[-1], scale * LOG2E)
     meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=bs, ORDERED=heavy_first, PRECISION=dot_precision(q.dtype), TMA=tma)
     grid = (B * H * nq,)
-    if use_autotune(q.dtype, block_d, bs):
+    if config is None and use_autotune(q.dtype, block_d, bs):
         _block_sparse_tuned[grid](*args, **meta)
-    else:
+        return out, lse
+    if config is None:
         kpi = 1 if tma else max(1, 64 // bs)
-        _block_sparse_attention_fwd_kernel[grid](*args, **meta, KPI=kpi,
-                                                 **fixed_config(bs, kpi * bs, block_d, q.element_size()))
+        config = triton.Config({"KPI": kpi}, **fixed_config(bs, kpi * bs, block_d, q.element_size()))
+    _block_sparse_attention_fwd_kernel[grid](*args, **meta, **config.all_kwargs())
     return out, lse
 
 
@@ -192,7 +189,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
         q: `[B, H, Lq, D]` float16 / bfloat16 / float32 CUDA tensor, any strides, D <= 256.
         k, v: `[B, H, Lk, D]`, same dtype and device.
         mask: `BlockSparseMask` for (B, H, Lq, Lk) on q's device; its `block_size`
-            (16, 32, 64 or 128) is the block size of the attention.
+            (16, 32, 64 or 128; <= 64 for float32 with D > 128) is the block size of the attention.
         scale: softmax scale, default `1/sqrt(D)`.
 
     Returns:

@@ -1,17 +1,26 @@
 """Dense flash attention forward with LSE, and the fused search (attention + block mass).
 
-Pass 1 is the online-softmax loop of FlashAttention-2 in the log2 domain: the scale is
-folded with log2(e) into `qk_scale`, so each score costs one FMA and one exp2. Pass 2
-(fused search only) runs `search._mass_tile` over K again with the final LSE, inside the
-same program, so `out`, `lse` and `mass` come from one launch and Q is read once.
+The key loop is FlashAttention-2's online softmax in the log2 domain: the scale is folded
+with log2(e) into `qk_scale`, so each score costs one FMA and one exp2.
+
+The fused search gets the block mass from the same loop, without a second pass over K.
+Each key tile already sums `p = exp2(s - m)` per row for the running sum `l`; summed
+per key block instead, and stored as `log2(sum) + m` (the row's log-sum of `2**s` over
+that block, independent of the running max `m`), these row sums are the mass before
+normalisation. After the loop, `mass[p, c] = sum_rows exp2(stored - lse2)` over the rows
+of query block `p`: exactly the `sum exp(s - lse)` of ALGORITHM.md's pass 2, whose extra
+`QK^T` (half an attention) it replaces by a store of `[BLOCK_M, BLOCK_N / BS]` floats per
+key tile and one read back. The stored rows live in a scratch slot that the program holds
+while it runs (`_attention_fwd_kernel`); the scratch is O(L) (`_launch.SCRATCH_ROWS_PER_SM`).
 
 K and V tiles come through the tensor copy engine (TMA descriptors, `_launch.row_tiles`)
 when `_launch.tma_eligible` says so, else through pointers; run 3 in docs/kernel-tuning.md
 measured the difference.
 
-Per (query tile, key tile) pass 1 does two `BLOCK_M x BLOCK_N x D` dots (4 * M * N * D
-FLOPs) and one exp2 per score; memory traffic is Q + O once and K, V once per query
-tile (mostly served by L2 at these sizes). Pass 2 adds one dot and one exp2 per score.
+Per (query tile, key tile): two `BLOCK_M x BLOCK_N x D` dots (4 * M * N * D FLOPs) and
+one exp2 per score; memory traffic is Q + O once and K, V once per query tile (mostly
+served by L2 at these sizes), plus, for the fused search, 4 bytes per (row, key block)
+written and read once.
 """
 
 from __future__ import annotations
@@ -21,17 +30,68 @@ import triton
 import triton.language as tl
 
 from .._validation import check_attention_inputs, check_block_size, num_blocks, resolve_scale
-from ._launch import (LOG2E, SMEM_BUDGET, check_kernel_block_size, check_kernel_inputs, dot, dot_precision,
-                      fixed_config, load_rows, padded_head_dim, row_tiles, set_tile_rows, smem_estimate, strides4,
-                      tma_eligible, to_dtype, use_autotune)
-from .search import _mass_tile, fixed_tile
+from ._launch import (LOG2E, SMEM_BUDGET, check_block_tiles_fit, check_kernel_block_size, check_kernel_inputs, dot,
+                      dot_precision, fixed_config, load_q_tile, load_rows, padded_head_dim, row_tiles, scratch_slots,
+                      set_tile_rows, smem_estimate, store_out_tile, strides4, tma_eligible, to_dtype, use_autotune)
+from .search import fixed_tile
 
 
 @triton.jit
-def _attend_tile(b_q, b_k, b_v, start, LK, b_m, b_l, b_acc, qk_scale,
-                 BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, PRECISION: tl.constexpr):
+def _block_row_sums(b_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BS: tl.constexpr):
+    """`[BLOCK_M, BLOCK_N]` -> `[BLOCK_M, BLOCK_N // BS]`: each row's sum over each key block of the tile.
+
+    A sum within rows: in the MMA layout a row lives in one quad of threads, so this takes
+    register adds and two shuffles, no shared memory and no barrier.
+    """
+    if BLOCK_N == BS:
+        return tl.sum(b_p, axis=1)[:, None]
+    else:
+        return tl.sum(tl.reshape(b_p, (BLOCK_M, BLOCK_N // BS, BS)), axis=2)
+
+
+@triton.jit
+def _store_row_sums(p_slot, b_rows, start, NKB, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BS: tl.constexpr):
+    """Write the `[BLOCK_M, BLOCK_N // BS]` per-row values of the key tile at `start` to the
+    program's scratch slot, laid out `[nk, BLOCK_M]` (a block's rows contiguous: coalesced)."""
+    o_kb = start // BS + tl.arange(0, BLOCK_N // BS)
+    tl.store(p_slot + o_kb[None, :] * BLOCK_M + tl.arange(0, BLOCK_M)[:, None], b_rows,
+             mask=(o_kb < NKB)[None, :])
+
+
+@triton.jit
+def _sum_slot_into_mass(p_slot, b_lse2, MASS, o_mass_row, NKB, m_qb, BLOCK_M: tl.constexpr, BS: tl.constexpr):
+    """`mass[p, c] = sum` over query block `p`'s rows of `exp2(stored - lse2)`, where the slot
+    holds `stored = log2(sum_j 2**s_ij)` per row `i` and key block `c` (`[nk, BLOCK_M]`).
+
+    `b_lse2` is `+inf` on rows past Lq (they add 0); `o_mass_row` / `m_qb` are the tile's
+    query blocks' row offsets in MASS and their validity. Runs once per query tile, `CHUNK`
+    key blocks at a time; the first barrier orders it after the slot's writes (made by other
+    threads of the program), the last one before the slot is given back.
+    """
+    CHUNK: tl.constexpr = 8192 // BLOCK_M
+    o_r = tl.arange(0, BLOCK_M)
+    tl.debug_barrier()
+    for kb0 in range(0, NKB, CHUNK):
+        o_kb = kb0 + tl.arange(0, CHUNK)
+        m_kb = o_kb < NKB
+        # [CHUNK, BLOCK_M]
+        b_p = tl.math.exp2(tl.load(p_slot + o_kb[:, None] * BLOCK_M + o_r[None, :], mask=m_kb[:, None], other=0.0)
+                           - b_lse2[None, :])
+        # [CHUNK, BLOCK_M // BS]
+        if BLOCK_M == BS:
+            b_blk = tl.sum(b_p, axis=1)[:, None]
+        else:
+            b_blk = tl.sum(tl.reshape(b_p, (CHUNK, BLOCK_M // BS, BS)), axis=2)
+        tl.store(MASS + o_mass_row[None, :] + o_kb[:, None], b_blk, mask=m_kb[:, None] & m_qb[None, :])
+    tl.debug_barrier()
+
+
+@triton.jit
+def _attend_tile(b_q, b_k, b_v, start, LK, b_m, b_l, b_acc, qk_scale, p_slot, NKB,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BS: tl.constexpr, MASK_N: tl.constexpr,
+                 WITH_MASS: tl.constexpr, PRECISION: tl.constexpr):
     """One online-softmax step over the `[BLOCK_N, BLOCK_D]` key / value tiles at `start`;
-    returns the updated (m, l, acc)."""
+    returns the updated (m, l, acc). WITH_MASS also stores the tile's per-row block log-sums."""
     # [BLOCK_M, BLOCK_N] raw scores; qk_scale > 0, so max(s) * qk_scale is the max of the scaled
     # scores and each probability costs one FMA (s * qk_scale - m) before its exp2.
     b_s = dot(b_q, tl.trans(b_k), PRECISION)
@@ -40,15 +100,21 @@ def _attend_tile(b_q, b_k, b_v, start, LK, b_m, b_l, b_acc, qk_scale,
     b_m_new = tl.maximum(b_m, tl.max(b_s, axis=1) * qk_scale)
     b_alpha = tl.math.exp2(b_m - b_m_new)
     b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None])
-    b_l = b_l * b_alpha + tl.sum(b_p, axis=1)
+    if WITH_MASS:
+        # [BLOCK_M, BLOCK_N // BS]; log2(0) = -inf for key blocks past Lk (not stored)
+        b_rows = _block_row_sums(b_p, BLOCK_M, BLOCK_N, BS)
+        _store_row_sums(p_slot, tl.math.log2(b_rows) + b_m_new[:, None], start, NKB, BLOCK_M, BLOCK_N, BS)
+        b_l = b_l * b_alpha + tl.sum(b_rows, axis=1)
+    else:
+        b_l = b_l * b_alpha + tl.sum(b_p, axis=1)
     # [BLOCK_M, BLOCK_D]
     b_acc = b_acc * b_alpha[:, None] + dot(to_dtype(b_p, b_v.dtype, PRECISION), b_v, PRECISION)
     return b_m_new, b_l, b_acc
 
 
 @triton.jit
-def _attention_fwd_kernel(
-    Q, K, V, O, LSE, MASS,
+def _attention_tile(
+    Q, K, V, O, LSE, MASS, p_slot, i_m, i_bh,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -57,36 +123,23 @@ def _attention_fwd_kernel(
     HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BS: tl.constexpr, WITH_MASS: tl.constexpr,
     PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One program per (query tile of BLOCK_M rows, batch * head). LSE and MASS are contiguous.
-
-    K and V are `row_tiles` descriptors when TMA, else tensors read through pointers.
-    """
-    i_m = tl.program_id(0)
-    i_bh = tl.program_id(1)
+    """Output and LSE (and with WITH_MASS the block mass) of query tile `i_m` of (batch * head) `i_bh`."""
     i_b = i_bh // H
     i_h = i_bh % H
-    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    o_d = tl.arange(0, BLOCK_D)
-    o_n = tl.arange(0, BLOCK_N)
-    m_m = o_m < LQ
-    if BLOCK_D == HEAD_D:
-        m_d = tl.full([BLOCK_D], 1, tl.int1)
-    else:
-        m_d = o_d < HEAD_D
-    p_q = (Q + i_b.to(tl.int64) * stride_qb + i_h.to(tl.int64) * stride_qh + o_m[:, None].to(tl.int64) * stride_qm
-           + o_d[None, :] * stride_qd)
     # [BLOCK_M, BLOCK_D]
-    b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_q, o_m, m_m, m_d = load_q_tile(Q, i_b, i_h, i_m, stride_qb, stride_qh, stride_qm, stride_qd, LQ,
+                                     HEAD_D, BLOCK_M, BLOCK_D)
     if TMA:
         p_k = K
         p_v = V
     else:
         # [BLOCK_N, BLOCK_D] pointers of the first key / value tile
+        o_n = tl.arange(0, BLOCK_N)
+        o_d = tl.arange(0, BLOCK_D)
         p_k = (K + i_b.to(tl.int64) * stride_kb + i_h.to(tl.int64) * stride_kh + o_n[:, None] * stride_kn
                + o_d[None, :] * stride_kd)
         p_v = (V + i_b.to(tl.int64) * stride_vb + i_h.to(tl.int64) * stride_vh + o_n[:, None] * stride_vn
                + o_d[None, :] * stride_vd)
-    p_k0 = p_k
 
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_M], tl.float32)
@@ -95,41 +148,66 @@ def _attention_fwd_kernel(
     for start in range(0, lk_full, BLOCK_N):
         b_k = load_rows(K, p_k, i_b, i_h, start, LK, m_d, BLOCK_N, BLOCK_D, False, TMA)
         b_v = load_rows(V, p_v, i_b, i_h, start, LK, m_d, BLOCK_N, BLOCK_D, False, TMA)
-        b_m, b_l, b_acc = _attend_tile(b_q, b_k, b_v, start, LK, b_m, b_l, b_acc, qk_scale,
-                                       BLOCK_N, False, PRECISION)
+        b_m, b_l, b_acc = _attend_tile(b_q, b_k, b_v, start, LK, b_m, b_l, b_acc, qk_scale, p_slot, NKB,
+                                       BLOCK_M, BLOCK_N, BS, False, WITH_MASS, PRECISION)
         if not TMA:
             p_k += BLOCK_N * stride_kn
             p_v += BLOCK_N * stride_vn
     if lk_full < LK:
         b_k = load_rows(K, p_k, i_b, i_h, lk_full, LK, m_d, BLOCK_N, BLOCK_D, True, TMA)
         b_v = load_rows(V, p_v, i_b, i_h, lk_full, LK, m_d, BLOCK_N, BLOCK_D, True, TMA)
-        b_m, b_l, b_acc = _attend_tile(b_q, b_k, b_v, lk_full, LK, b_m, b_l, b_acc, qk_scale,
-                                       BLOCK_N, True, PRECISION)
+        b_m, b_l, b_acc = _attend_tile(b_q, b_k, b_v, lk_full, LK, b_m, b_l, b_acc, qk_scale, p_slot, NKB,
+                                       BLOCK_M, BLOCK_N, BS, True, WITH_MASS, PRECISION)
 
     # Every row sees >= 1 key (Lk >= 1), so l > 0 and the LSE is finite.
     b_lse2 = b_m + tl.math.log2(b_l)
-    b_out = b_acc / b_l[:, None]
-    p_o = (O + i_b.to(tl.int64) * stride_ob + i_h.to(tl.int64) * stride_oh + o_m[:, None].to(tl.int64) * stride_om
-           + o_d[None, :] * stride_od)
-    tl.store(p_o, to_dtype(b_out, O.dtype.element_ty, PRECISION), mask=m_m[:, None] & m_d[None, :])
+    store_out_tile(O, b_acc / b_l[:, None], i_b, i_h, o_m, m_m, m_d, stride_ob, stride_oh, stride_om, stride_od,
+                   BLOCK_D, PRECISION)
     tl.store(LSE + i_bh.to(tl.int64) * LQ + o_m, b_lse2 * 0.6931471805599453, mask=m_m)
-
     if WITH_MASS:
-        b_lse2 = tl.where(m_m, b_lse2, float("inf"))
         o_qb = i_m * (BLOCK_M // BS) + tl.arange(0, BLOCK_M // BS)
-        m_qb = o_qb < NQB
-        o_mass_row = (i_bh.to(tl.int64) * NQB + o_qb) * NKB
-        p_k = p_k0
-        for start in range(0, lk_full, BLOCK_N):
-            b_k = load_rows(K, p_k, i_b, i_h, start, LK, m_d, BLOCK_N, BLOCK_D, False, TMA)
-            _mass_tile(b_q, b_k, start, LK, b_lse2, MASS, o_mass_row, NKB, m_qb, qk_scale,
-                       BLOCK_M, BLOCK_N, BS, False, PRECISION)
-            if not TMA:
-                p_k += BLOCK_N * stride_kn
-        if lk_full < LK:
-            b_k = load_rows(K, p_k, i_b, i_h, lk_full, LK, m_d, BLOCK_N, BLOCK_D, True, TMA)
-            _mass_tile(b_q, b_k, lk_full, LK, b_lse2, MASS, o_mass_row, NKB, m_qb, qk_scale,
-                       BLOCK_M, BLOCK_N, BS, True, PRECISION)
+        _sum_slot_into_mass(p_slot, tl.where(m_m, b_lse2, float("inf")), MASS,
+                            (i_bh.to(tl.int64) * NQB + o_qb) * NKB, NKB, o_qb < NQB, BLOCK_M, BS)
+
+
+@triton.jit
+def _attention_fwd_kernel(
+    Q, K, V, O, LSE, MASS, SCRATCH, LOCKS,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    H, LQ, LK, NQB, NKB, SLOT_ROWS, qk_scale,
+    HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BS: tl.constexpr, WITH_MASS: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program per (query tile of BLOCK_M rows, batch * head). LSE and MASS are contiguous.
+
+    The fused search (WITH_MASS) keeps its per-row block log-sums in one of the
+    `SLOT_ROWS // BLOCK_M` scratch slots of SCRATCH (`[nk, BLOCK_M]` floats each): a program
+    takes a free one (spin lock per slot in LOCKS, all zeros between launches) and frees it
+    when done. There are more slots than programs fit on the GPU at once, so the first slot
+    tried is nearly always free; a program that waits only waits for running ones.
+    MASS, SCRATCH, LOCKS and SLOT_ROWS are unused without WITH_MASS.
+
+    K and V are `row_tiles` descriptors when TMA, else tensors read through pointers.
+    """
+    if WITH_MASS:
+        n_slots = SLOT_ROWS // BLOCK_M
+        slot = (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) % n_slots
+        while tl.atomic_cas(LOCKS + slot, 0, 1) != 0:
+            slot = (slot + 1) % n_slots
+        p_slot = SCRATCH + slot.to(tl.int64) * NKB * BLOCK_M
+    else:
+        p_slot = SCRATCH
+    _attention_tile(Q, K, V, O, LSE, MASS, p_slot, tl.program_id(0), tl.program_id(1),
+                    stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+                    stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
+                    H, LQ, LK, NQB, NKB, qk_scale, HEAD_D, BLOCK_D, BS, WITH_MASS, PRECISION, TMA,
+                    BLOCK_M, BLOCK_N)
+    if WITH_MASS:
+        # After the slot's last read (_sum_slot_into_mass ends with a barrier).
+        tl.atomic_xchg(LOCKS + slot, 0)
 
 
 def _attention_configs_prune(configs, named_args, **kwargs):
@@ -158,30 +236,43 @@ _attention_tuned = triton.autotune(
 )(_attention_fwd_kernel)
 
 
-def _launch(q, k, v, *, block_size, scale, with_mass):
+def _launch(q, k, v, *, block_size, scale, with_mass, config=None):
+    """Dense attention or (with_mass) the fused search, autotuned or (tests) with one given
+    `triton.Config` of `_ATTENTION_CONFIGS`."""
     shape = check_attention_inputs(q, k, v)
     check_kernel_inputs(q, shape.head_dim)
     scale = resolve_scale(scale, shape.head_dim)
     B, H, LQ, LK, D = shape
+    if with_mass:
+        check_block_tiles_fit(q.dtype, D, block_size)
     nq, nk = num_blocks(LQ, block_size), num_blocks(LK, block_size)
     block_d = padded_head_dim(D)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, LQ, device=q.device, dtype=torch.float32)
-    mass = torch.empty(B, H, nq, nk, device=q.device, dtype=torch.float32) if with_mass else lse
+    if with_mass:
+        mass = torch.empty(B, H, nq, nk, device=q.device, dtype=torch.float32)
+        scratch, locks, slot_rows = scratch_slots(q.device, nk)
+    else:
+        mass = scratch = locks = lse  # unused by the kernel
+        slot_rows = 0
     tma = tma_eligible(k, v, block_d=block_d)
-    tile = fixed_tile(block_size, block_d)
-    # Descriptors start with the untuned tile; the autotuner's pre-hook resizes them per config.
-    k_arg, v_arg = (row_tiles(k, tile, block_d), row_tiles(v, tile, block_d)) if tma else (k, v)
-    args = (q, k_arg, v_arg, out, lse, mass, *strides4(q), *strides4(k), *strides4(v), *strides4(out),
-            H, LQ, LK, nq, nk, scale * LOG2E)
+    tuned = config is None and use_autotune(q.dtype, block_d, block_size)
+    if config is None and not tuned:
+        tile = fixed_tile(block_size, block_d)
+        config = triton.Config({"BLOCK_M": tile, "BLOCK_N": tile},
+                               **fixed_config(tile, tile, block_d, q.element_size()))
+    # Descriptor tiles: the config's height, or (autotuned) any height the pre-hook then resizes.
+    rows = block_size if tuned else config.kwargs["BLOCK_N"]
+    k_arg, v_arg = (row_tiles(k, rows, block_d), row_tiles(v, rows, block_d)) if tma else (k, v)
+    args = (q, k_arg, v_arg, out, lse, mass, scratch, locks, *strides4(q), *strides4(k), *strides4(v),
+            *strides4(out), H, LQ, LK, nq, nk, slot_rows, scale * LOG2E)
     meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=block_size, WITH_MASS=with_mass, PRECISION=dot_precision(q.dtype),
                 TMA=tma)
-    if use_autotune(q.dtype, block_d, block_size):
-        grid = lambda m: (triton.cdiv(LQ, m["BLOCK_M"]), B * H)  # noqa: E731
+    grid = lambda m: (triton.cdiv(LQ, m["BLOCK_M"]), B * H)  # noqa: E731
+    if tuned:
         _attention_tuned[grid](*args, **meta)
     else:
-        _attention_fwd_kernel[(triton.cdiv(LQ, tile), B * H)](
-            *args, **meta, BLOCK_M=tile, BLOCK_N=tile, **fixed_config(tile, tile, block_d, q.element_size()))
+        _attention_fwd_kernel[grid(config.kwargs)](*args, **meta, **config.all_kwargs())
     return out, lse, mass
 
 
@@ -214,7 +305,7 @@ def attention_with_block_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Args:
         q: `[B, H, Lq, D]` float16 / bfloat16 / float32 CUDA tensor, any strides, D <= 256.
         k, v: `[B, H, Lk, D]`, same dtype and device.
-        block_size: tokens per block, one of 16, 32, 64, 128.
+        block_size: tokens per block, one of 16, 32, 64, 128 (<= 64 for float32 with D > 128).
         scale: softmax scale, default `1/sqrt(D)`.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Block attention mass: the LSE-cached search kernel and the tile helper the fused search shares.
+"""Block attention mass from a cached LSE: the LSE-cached search kernel.
 
 `mass[b, h, p, c] = sum_{i in block p, j in block c} exp(scale * q_i . k_j - lse_i)`.
 
@@ -17,9 +17,9 @@ import triton
 import triton.language as tl
 
 from .._validation import check_attention_inputs, check_block_size, num_blocks, require_lse, resolve_scale
-from ._launch import (LOG2E, SMEM_BUDGET, check_kernel_block_size, check_kernel_inputs, dot, dot_precision,
-                      fixed_config, load_rows, padded_head_dim, row_tiles, set_tile_rows, smem_estimate, strides4,
-                      tma_eligible, use_autotune)
+from ._launch import (LOG2E, SMEM_BUDGET, check_block_tiles_fit, check_kernel_block_size, check_kernel_inputs, dot,
+                      dot_precision, fixed_config, load_q_tile, load_rows, padded_head_dim, row_tiles, set_tile_rows,
+                      smem_estimate, strides4, tma_eligible, use_autotune)
 
 
 @triton.jit
@@ -71,17 +71,9 @@ def _block_mass_fwd_kernel(
     i_bh = tl.program_id(1)
     i_b = i_bh // H
     i_h = i_bh % H
-    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    o_d = tl.arange(0, BLOCK_D)
-    m_m = o_m < LQ
-    if BLOCK_D == HEAD_D:
-        m_d = tl.full([BLOCK_D], 1, tl.int1)
-    else:
-        m_d = o_d < HEAD_D
-    p_q = (Q + i_b.to(tl.int64) * stride_qb + i_h.to(tl.int64) * stride_qh + o_m[:, None].to(tl.int64) * stride_qm
-           + o_d[None, :] * stride_qd)
     # [BLOCK_M, BLOCK_D]
-    b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_q, o_m, m_m, m_d = load_q_tile(Q, i_b, i_h, i_m, stride_qb, stride_qh, stride_qm, stride_qd, LQ,
+                                     HEAD_D, BLOCK_M, BLOCK_D)
     b_lse = tl.load(LSE + i_b.to(tl.int64) * stride_lb + i_h.to(tl.int64) * stride_lh + o_m.to(tl.int64) * stride_lm,
                     mask=m_m, other=0.0)
     b_lse2 = tl.where(m_m, b_lse.to(tl.float32) * 1.4426950408889634, float("inf"))
@@ -90,13 +82,12 @@ def _block_mass_fwd_kernel(
     m_qb = o_qb < NQB
     o_mass_row = (i_bh.to(tl.int64) * NQB + o_qb) * NKB
 
-    o_n = tl.arange(0, MASS_N)
     if TMA:
         p_k = K
     else:
         # [MASS_N, BLOCK_D] pointers of the first key tile
-        p_k = (K + i_b.to(tl.int64) * stride_kb + i_h.to(tl.int64) * stride_kh + o_n[:, None] * stride_kn
-               + o_d[None, :] * stride_kd)
+        p_k = (K + i_b.to(tl.int64) * stride_kb + i_h.to(tl.int64) * stride_kh
+               + tl.arange(0, MASS_N)[:, None] * stride_kn + tl.arange(0, BLOCK_D)[None, :] * stride_kd)
     lk_full = (LK // MASS_N) * MASS_N
     for start in range(0, lk_full, MASS_N):
         b_k = load_rows(K, p_k, i_b, i_h, start, LK, m_d, MASS_N, BLOCK_D, False, TMA)
@@ -148,7 +139,7 @@ def block_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, block_siz
         q: `[B, H, Lq, D]` float16 / bfloat16 / float32 CUDA tensor, any strides.
         k: `[B, H, Lk, D]`, same dtype and device.
         lse: `[B, H, Lq]` natural-log LSE of the same rows (e.g. from `attention`).
-        block_size: tokens per block, one of 16, 32, 64, 128.
+        block_size: tokens per block, one of 16, 32, 64, 128 (<= 64 for float32 with D > 128).
         scale: softmax scale, default `1/sqrt(D)`.
 
     Returns:
@@ -163,27 +154,36 @@ def block_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, block_siz
         >>> block_mass(q, k, lse, block_size=64).shape
         torch.Size([1, 2, 4, 5])
     """
+    return _block_mass(q, k, lse, block_size=block_size, scale=scale)
+
+
+def _block_mass(q, k, lse, *, block_size, scale, config=None):
+    """`block_mass`, autotuned or (tests) with one given `triton.Config` of `_MASS_CONFIGS`."""
     require_lse(lse)
     shape = check_attention_inputs(q, k, lse=lse)
     check_block_size(block_size)
     check_kernel_block_size(block_size)
     check_kernel_inputs(q, shape.head_dim)
+    check_block_tiles_fit(q.dtype, shape.head_dim, block_size)
     scale = resolve_scale(scale, shape.head_dim)
     B, H, LQ, LK, D = shape
     nq, nk = num_blocks(LQ, block_size), num_blocks(LK, block_size)
     block_d = padded_head_dim(D)
     mass = torch.empty(B, H, nq, nk, device=q.device, dtype=torch.float32)
     tma = tma_eligible(k, block_d=block_d)
-    tile = fixed_tile(block_size, block_d)
-    # The descriptor starts with the untuned tile; the autotuner's pre-hook resizes it per config.
-    args = (q, row_tiles(k, tile, block_d) if tma else k, lse, mass, *strides4(q), *strides4(k),
+    tuned = config is None and use_autotune(q.dtype, block_d, block_size)
+    if config is None and not tuned:
+        tile = fixed_tile(block_size, block_d)
+        config = triton.Config({"BLOCK_M": tile, "MASS_N": tile},
+                               **fixed_config(tile, tile, block_d, q.element_size(), with_v=False))
+    # Descriptor tiles: the config's width, or (autotuned) any width the pre-hook then resizes.
+    rows = block_size if tuned else config.kwargs["MASS_N"]
+    args = (q, row_tiles(k, rows, block_d) if tma else k, lse, mass, *strides4(q), *strides4(k),
             lse.stride(0), lse.stride(1), lse.stride(2), H, LQ, LK, nq, nk, scale * LOG2E)
     meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=block_size, PRECISION=dot_precision(q.dtype), TMA=tma)
-    if use_autotune(q.dtype, block_d, block_size):
-        grid = lambda m: (triton.cdiv(LQ, m["BLOCK_M"]), B * H)  # noqa: E731
+    grid = lambda m: (triton.cdiv(LQ, m["BLOCK_M"]), B * H)  # noqa: E731
+    if tuned:
         _block_mass_tuned[grid](*args, **meta)
     else:
-        _block_mass_fwd_kernel[(triton.cdiv(LQ, tile), B * H)](
-            *args, **meta, BLOCK_M=tile, MASS_N=tile,
-            **fixed_config(tile, tile, block_d, q.element_size(), with_v=False))
+        _block_mass_fwd_kernel[grid(config.kwargs)](*args, **meta, **config.all_kwargs())
     return mass
