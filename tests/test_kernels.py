@@ -282,6 +282,7 @@ def test_fused_search_takes_free_scratch_slots(monkeypatch):
     held (as by programs still running on a GPU), they must probe on to a free one, leave the
     held ones alone, free their own, and still give the exact mass."""
     from adaspa.kernels import flash_fwd
+    from adaspa.kernels._launch import scratch_slots
 
     taken = {}
 
@@ -292,7 +293,6 @@ def test_fused_search_takes_free_scratch_slots(monkeypatch):
         taken.update(scratch=scratch, locks=locks)
         return scratch, locks, rows
 
-    scratch_slots = flash_fwd.scratch_slots
     monkeypatch.setattr(flash_fwd, "scratch_slots", half_held)
     q, k, v = make_qkv(2, 3, 150, 130, 32, torch.float16, False, 9)
     oracle, ref = oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=16)
