@@ -1,7 +1,7 @@
 """`python -m adaspa.bench`: block-sparse and dense attention throughput on one GPU.
 
-Providers (one line each in the plots): `adaspa` (block-sparse kernel, heavy-first order),
-`adaspa_naive_order` (same kernel, programs in row order; tiered budgets only),
+Providers (one line each in the plots): `adaspa` (block-sparse kernel, programs in row order),
+`adaspa_heavy_first` (same kernel, longest rows launched first; tiered budgets only),
 `flex` (FlexAttention, same mask via `to_flex_block_mask()`, compiled), and the dense
 `adaspa_dense` (dense kernel with LSE), `sdpa_cudnn`, `sdpa_flash`. Effective TFLOP/s is
 `4 * B * H * Lq * Lk * D * density / time` with the mask's actual density, so a sparse
@@ -147,8 +147,8 @@ def run_main(args, env, providers, rows, search_rows):
                         "flex": bench_ms(providers.flex_call(q, k, v, mask)),
                     }
                     if budget == "tiered":
-                        timed["adaspa_naive_order"] = bench_ms(
-                            lambda: _block_sparse_attention(q, k, v, mask, heavy_first=False))
+                        timed["adaspa_heavy_first"] = bench_ms(
+                            lambda: _block_sparse_attention(q, k, v, mask, heavy_first=True))
                     for name, ms in timed.items():
                         rows.append({"provider": name, "L": L, "block_size": bs, "density": density,
                                      "budget": budget, "actual_density": actual, "ms": ms,

@@ -196,7 +196,7 @@ def test_block_sparse_attention_matches_oracle(shape, block_size, sparsity, text
 def test_block_sparse_attention_with_three_tiers_matches_oracle(dtype, block_size):
     """Random q, k rarely give a head recall > 0.8, so the hypothesis test's tiers are mostly
     uniform; the synthetic workload's spatial / temporal / sink / diffuse heads do get different
-    tiers, i.e. different kept counts per head, which is the load the heavy-first order balances."""
+    tiers, i.e. different kept counts per head: the uneven load the kernel has to spread."""
     from adaspa.synthetic import SyntheticVideoConfig, synthetic_qkv
 
     config = SyntheticVideoConfig(heads=4, head_dim=32, frames=2, height=16, width=8, text_len=16,
@@ -247,21 +247,27 @@ def test_heavy_first_order_gives_the_same_result():
     assert_close(ordered[1], oracle[1], ref[1], name="lse")
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_scores_that_grow_along_the_keys(dtype):
-    """Scores rising ~3.8 (log2) per 64 keys: the running max grows on every key tile, so every
-    tile rescales the accumulator, and the fused search stores each block's row sums against
-    a different max; random q, k rarely do this (their max settles after a tile or two)."""
-    dim, length, block_size = 32, 330, 16
+def rising_scores_qkv(dtype, length, dim=32):
+    """q, k, v `[1, 2, length, dim]` whose scores rise ~3.8 (log2) per 64 keys, plus noise: the
+    running max grows on every key tile, so every tile rescales the accumulator (random q, k
+    rarely do this: their max settles after a tile or two)."""
     g = torch.Generator().manual_seed(13)
     # score(i, j) ~ 0.0416 * j (natural log) = 0.06 * j in log2, plus noise
     q = (torch.randn(1, 2, length, dim, generator=g) * 0.3 + torch.eye(dim)[0] * dim ** 0.5)
     ramp = torch.arange(length, dtype=torch.float32)[:, None] * 0.0416 * torch.eye(dim)[0]
     k = torch.randn(1, 2, length, dim, generator=g) * 0.3 + ramp
     v = torch.randn(1, 2, length, dim, generator=g)
-    q, k, v = (x.to(DEVICE, dtype) for x in (q, k, v))
-    # The ramp does what the docstring says: the row max of row 0 grows from every 64-key tile
-    # to the next, by more than 16 (log2) over the row.
+    return tuple(x.to(DEVICE, dtype) for x in (q, k, v))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_scores_that_grow_along_the_keys(dtype):
+    """Every tile rescales the accumulator (`rising_scores_qkv`), and the fused search stores
+    each block's row sums against a different max."""
+    dim, length, block_size = 32, 330, 16
+    q, k, v = rising_scores_qkv(dtype, length, dim)
+    # The ramp does what rising_scores_qkv says: the row max of row 0 grows from every 64-key
+    # tile to the next, by more than 16 (log2) over the row.
     s2 = (q[0, 0, 0].double() @ k[0, 0].double().T) * dim ** -0.5 * 1.4426950408889634
     tile_max = torch.stack([t.max() for t in s2.split(64)])
     assert bool((tile_max[1:] > tile_max[:-1]).all()) and float(tile_max[-1] - tile_max[0]) > 16
@@ -275,6 +281,45 @@ def test_scores_that_grow_along_the_keys(dtype):
     for name, a, o, r in zip(("sparse out", "sparse lse"), kernels().block_sparse_attention(q, k, v, mask),
                              oracle, ref):
         assert_close(a, o, r, name=name)
+
+
+@pytest.mark.parametrize("dtype, length", [(torch.float16, 330), (torch.float16, 320), (torch.float32, 330),
+                                           (torch.float32, 320)])
+def test_key_tiles_narrower_than_blocks(dtype, length):
+    """The autotuned configs may cut each block into key tiles (64 rows at block 128). The
+    fused search then carries each row's sum across a block's tiles, rescaled as the max
+    grows; the cached search carries its block sums; the sparse kernel walks every kept block
+    tile by tile. Checked with 16-row tiles at block 32 on rising scores (the max grows inside
+    every block), through the copy engine (float16) and pointers (float32), with Lk ragged
+    (330) and a whole number of blocks (320, where the sparse kernel drops its key mask)."""
+    import triton
+
+    from adaspa.kernels import block_sparse, flash_fwd, search
+
+    block_size, tile = 32, 16
+    q, k, v = rising_scores_qkv(dtype, length)
+
+    def config(**tiles):
+        return triton.Config(tiles, num_warps=4, num_stages=1)
+
+    oracle, ref = oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=block_size)
+    fused = flash_fwd._launch(q, k, v, block_size=block_size, scale=None, with_mass=True,
+                              config=config(BLOCK_M=block_size, BLOCK_N=tile))
+    for name, a, o, r in zip(("out", "lse", "mass"), fused, oracle, ref):
+        assert_close(a, o, r, name=name)
+    o_mass, r_mass = oracle_and_reference(reference.block_mass, q, k, ref[1], block_size=block_size)
+    cached = search._block_mass(q, k, ref[1], block_size=block_size, scale=None,
+                                config=config(BLOCK_M=2 * block_size, MASS_N=tile))
+    assert_close(cached, o_mass, r_mass, name="cached mass")
+    nb = -(-length // block_size)
+    keep = torch.rand(1, 2, nb, nb, generator=torch.Generator().manual_seed(3)) < 0.6
+    keep[0, 0, 0] = False  # an empty row
+    keep[0, 1, :, -1] = True  # the last (partial when ragged) block kept by every row of a head
+    mask = BlockSparseMask.from_dense(keep.to(DEVICE), block_size, length, length)
+    (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+    out, lse = block_sparse._block_sparse_attention(q, k, v, mask, config=config(BLOCK_N=tile))
+    assert_close(out, o_out, r_out, name="sparse out")
+    assert_close(lse, o_lse, r_lse, name="sparse lse")
 
 
 def test_fused_search_takes_free_scratch_slots(monkeypatch):

@@ -48,6 +48,12 @@ def fixed_config(block_m: int, block_n: int, block_d: int, elem_bytes: int, with
     return {"num_warps": 4 if block_m <= 64 else 8, "num_stages": stages}
 
 
+def key_tile_fits(block_n: int, block_size: int) -> bool:
+    """True when key tiles of `block_n` rows hold whole blocks or are a whole fraction of one
+    (what the block kernels need to attribute every tile to its key blocks)."""
+    return block_n % block_size == 0 or block_size % block_n == 0
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (`TRITON_INTERPRET=1`)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -1,20 +1,22 @@
 """Head-adaptive block-sparse attention over a `BlockSparseMask`.
 
 One program per (batch, head, query block) walks the `counts[b, h, p]` kept key blocks
-listed in `indices[b, h, p]`. On Hopper with aligned half-precision inputs each kept
-block's K and V rows come through the tensor copy engine (TMA: one `[BS, D]` box per
-block, zeros past Lk); otherwise the kernel gathers `KPI` kept blocks per iteration
-through pointers into one `[KPI * BS, D]` key tile (so a 16-row block size still gets
-64-wide dots). The softmax runs over the kept keys only; a row with no kept block
-writes `out = 0`, `lse = -inf`.
+listed in `indices[b, h, p]`, one key tile at a time, with dense attention's online-softmax
+step (`flash_fwd.online_softmax_step`). A key tile is a whole kept block or a whole
+fraction of one (e.g. 64 rows at block 128), read as contiguous rows: on Hopper with
+aligned half-precision inputs through the tensor copy engine (TMA: one `[BLOCK_N, D]` box,
+zeros past Lk), else through pointers. Through pointers a tile may also gather several
+kept blocks row by row (so a 16-row block size still gets 64-wide dots). The softmax runs
+over the kept keys only; a row with no kept block writes `out = 0`, `lse = -inf`.
 
 Load balance: heads keep different numbers of blocks (three tiers), and rows differ too.
-Programs are launched heavy-first: a device-side stable argsort of `counts` (descending)
-gives each program id its row, so the longest rows start in the first wave and the
-short ones fill the tail (longest-processing-time-first list scheduling), instead of a
-tier of heavy heads starting last and setting the time. The argsort is one small launch
-over `B * H * nq` ints, with no host sync; docs/kernel-tuning.md compares it with the
-naive order.
+Programs are launched in row order, (batch, head, query block), so neighbouring programs
+share a head's K / V in L2. Each head has `nq` programs (1856 at L = 118784, block 64),
+far more than run at once, so a heavy head never runs alone and only the last wave can
+be uneven. Longest-first order (`heavy_first=True` of `_block_sparse_attention`: a device
+argsort of `counts`, descending) was the default until kernel v5; side by side on the
+H200 it was slower in 20-26 of 30 tiered cases per run (up to 11% at L = 16384, where
+its extra launch shows) and at most 2.4% faster (docs/kernels.md, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import triton
 import triton.language as tl
 
 from .._validation import check_attention_inputs, check_mask_matches, resolve_scale
-from ._launch import (LOG2E, SMEM_BUDGET, check_block_tiles_fit, check_kernel_block_size, check_kernel_inputs, dot,
-                      dot_precision, fixed_config, load_q_tile, load_rows, padded_head_dim, row_tiles, smem_estimate,
-                      store_out_tile, strides4, tma_eligible, to_dtype, use_autotune)
+from ._launch import (LOG2E, SMEM_BUDGET, check_block_tiles_fit, check_kernel_block_size, check_kernel_inputs,
+                      dot_precision, fixed_config, key_tile_fits, load_q_tile, load_rows, padded_head_dim, row_tiles,
+                      set_tile_rows, smem_estimate, store_out_tile, strides4, tma_eligible, use_autotune)
+from .flash_fwd import online_softmax_step
 
 
 @triton.jit
@@ -37,15 +40,20 @@ def _block_sparse_attention_fwd_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     H, LQ, LK, NQB, MAX_KEPT, qk_scale,
-    HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BS: tl.constexpr, ORDERED: tl.constexpr,
-    PRECISION: tl.constexpr, TMA: tl.constexpr, KPI: tl.constexpr,
+    HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BS: tl.constexpr, ORDERED: tl.constexpr, EVEN_K: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Program `pid` handles row `ORDER[pid]` (or `pid`) of the flattened `[B * H * nq]` mask.
 
-    K and V are `row_tiles` descriptors of `[BS, BLOCK_D]` tiles when TMA (then KPI = 1),
-    else tensors read through pointers.
+    A key tile of BLOCK_N rows is either `BLOCK_N // BS` kept blocks gathered row by row
+    (pointers only) or a whole fraction of one kept block (`BS // BLOCK_N` tiles per block).
+    EVEN_K (Lk a multiple of BS) means every tile of one block lies inside Lk, so those
+    tiles skip the key mask. K and V are `row_tiles` descriptors of `[BLOCK_N, BLOCK_D]`
+    tiles when TMA, else tensors read through pointers.
     """
-    BLOCK_N: tl.constexpr = KPI * BS
+    # Kept blocks per key tile (> 1: gathered) and key tiles per kept block.
+    KPT: tl.constexpr = BLOCK_N // BS if BLOCK_N > BS else 1
+    TPB: tl.constexpr = BS // BLOCK_N if BS > BLOCK_N else 1
     pid = tl.program_id(0)
     if ORDERED:
         i_row = tl.load(ORDER + pid).to(tl.int64)
@@ -70,42 +78,39 @@ def _block_sparse_attention_fwd_kernel(
     b_m = tl.full([BS], float("-inf"), tl.float32)
     b_l = tl.zeros([BS], tl.float32)
     b_acc = tl.zeros([BS, BLOCK_D], tl.float32)
-    for it in range(0, tl.cdiv(n_kept, KPI)):
-        if TMA:
-            # One kept block per tile, fetched by the copy engine (zeros past Lk).
-            b_blk = tl.load(p_idx + it)
-            m_key = b_blk * BS + o_n < LK
-            b_kt = tl.trans(load_rows(K, K, i_b.to(tl.int32), i_h.to(tl.int32), b_blk * BS, LK, m_d, BS, BLOCK_D,
-                                      False, True))
-            b_v = load_rows(V, V, i_b.to(tl.int32), i_h.to(tl.int32), b_blk * BS, LK, m_d, BS, BLOCK_D, False, True)
-        elif KPI == 1:
-            # One kept block per tile: a scalar index and contiguous rows, which the
-            # pipeliner turns into plain async copies.
-            b_blk = tl.load(p_idx + it)
-            o_key = b_blk.to(tl.int64) * BS + o_n
-            m_key = o_key < LK
+    # Kept-block index of the next tile, loaded one iteration ahead: the tile's address then
+    # does not wait on a global load in its own iteration (which cost 22-28% at density 1;
+    # two iterations ahead stopped Triton from pipelining K and V; kernel-tuning.md, kernel v5).
+    b_blk_next = tl.load(p_idx, mask=n_kept > 0, other=0)
+    for it in range(0, tl.cdiv(n_kept, KPT) * TPB):
+        if KPT == 1:
+            # Part `it % TPB` of one kept block: a scalar index and contiguous rows, which
+            # the copy engine (TMA, zeros past Lk) or the pipeliner's async copies fetch.
+            b_blk = b_blk_next
+            b_blk_next = tl.load(p_idx + tl.minimum((it + 1) // TPB, n_kept - 1))
+            start = b_blk * BS + (it % TPB) * BLOCK_N
+            m_key = start + o_n < LK
+            if TMA:
+                b_k = load_rows(K, K, i_b.to(tl.int32), i_h.to(tl.int32), start, LK, m_d, BLOCK_N, BLOCK_D, False,
+                                True)
+                b_v = load_rows(V, V, i_b.to(tl.int32), i_h.to(tl.int32), start, LK, m_d, BLOCK_N, BLOCK_D, False,
+                                True)
+            else:
+                o_key = start.to(tl.int64) + o_n
         else:
             # Slot of the kept list each key row of the tile comes from. [BLOCK_N]
-            o_slot = it * KPI + o_n // BS
+            o_slot = it * KPT + o_n // BS
             m_slot = o_slot < n_kept
-            b_blk = tl.load(p_idx + o_slot, mask=m_slot, other=0)
-            o_key = (b_blk * BS + o_n % BS).to(tl.int64)
+            o_key = (tl.load(p_idx + o_slot, mask=m_slot, other=0) * BS + o_n % BS).to(tl.int64)
             m_key = m_slot & (o_key < LK)
         if not TMA:
-            b_kt = tl.load(k_base + o_key[None, :] * stride_kn + o_d[:, None] * stride_kd,
-                           mask=m_d[:, None] & m_key[None, :], other=0.0)
+            b_k = tl.load(k_base + o_key[:, None] * stride_kn + o_d[None, :] * stride_kd,
+                          mask=m_key[:, None] & m_d[None, :], other=0.0)
             b_v = tl.load(v_base + o_key[:, None] * stride_vn + o_d[None, :] * stride_vd,
                           mask=m_key[:, None] & m_d[None, :], other=0.0)
-        # -inf on masked keys, added in the same FMA as the scale (a select per score costs more).
-        b_bias = tl.where(m_key, 0.0, float("-inf"))
-        # [BS, BLOCK_N], log2 domain; every tile holds >= 1 valid key, so b_m_new is finite.
-        b_s = dot(b_q, b_kt, PRECISION) * qk_scale + b_bias[None, :]
-        b_m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
-        b_alpha = tl.math.exp2(b_m - b_m_new)
-        b_p = tl.math.exp2(b_s - b_m_new[:, None])
-        b_l = b_l * b_alpha + tl.sum(b_p, axis=1)
-        b_acc = b_acc * b_alpha[:, None] + dot(to_dtype(b_p, b_v.dtype, PRECISION), b_v, PRECISION)
-        b_m = b_m_new
+        # Every tile holds >= 1 valid key, so the running max stays finite.
+        b_m, b_l, b_acc, _, _ = online_softmax_step(b_q, b_k, b_v, m_key, b_m, b_l, b_acc, qk_scale,
+                                                    BS, BLOCK_N, BLOCK_N, KPT > 1 or not EVEN_K, PRECISION)
 
     m_live = b_l > 0
     b_out = tl.where(m_live[:, None], b_acc / tl.where(m_live, b_l, 1.0)[:, None], 0.0)
@@ -118,24 +123,25 @@ def _block_sparse_attention_fwd_kernel(
 def _sparse_configs_prune(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     bs = args["BS"]
-    kept = [c for c in configs if 64 <= c.kwargs["KPI"] * bs <= 256 and c.num_warps == max(4, bs // 16)
-            and not (args["TMA"] and c.kwargs["KPI"] != 1)
-            and smem_estimate(c.num_stages, bs, c.kwargs["KPI"] * bs, args["BLOCK_D"]) <= SMEM_BUDGET]
+    kept = [c for c in configs if 64 <= c.kwargs["BLOCK_N"] <= 256 and key_tile_fits(c.kwargs["BLOCK_N"], bs)
+            and c.num_warps == max(4, bs // 16) and not (args["TMA"] and c.kwargs["BLOCK_N"] > bs)
+            and smem_estimate(c.num_stages, bs, c.kwargs["BLOCK_N"], args["BLOCK_D"]) <= SMEM_BUDGET]
     return kept or configs[:1]
 
 
-# Key blocks gathered per iteration (1, 2, 4) x warps (4, 8) x pipeline depth (2, 3, 4) = 18;
-# the pruning keeps one warpgroup per 64 query rows (4 warps at block 64, 8 at 128), a
-# key tile 64-256 wide (narrower wastes the tensor cores), one block per tile for TMA, and
-# the pipelined tiles within shared memory: for D = 128, 3 configs at block 64 and 1 at
-# block 128 through TMA (4 and 1 through pointers; docs/kernel-tuning.md).
+# Key tile rows (64, 128, 256) x warps (4, 8) x pipeline depth (2, 3, 4) = 18; the pruning
+# keeps one warpgroup per 64 query rows (4 warps at block 64, 8 at 128), key tiles of whole
+# blocks or whole fractions of one, 64-256 rows (narrower wastes the tensor cores), no
+# gathered tiles for TMA, and the pipelined tiles within shared memory: for D = 128, 3
+# configs at block 64 and 4 at block 128 through TMA (4 and 4 through pointers;
+# docs/kernel-tuning.md).
 _SPARSE_CONFIGS = [
-    triton.Config({"KPI": kpi}, num_warps=w, num_stages=s)
-    for kpi in (1, 2, 4) for w in (4, 8) for s in (2, 3, 4)
+    triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=set_tile_rows({"K": "BLOCK_N", "V": "BLOCK_N"}))
+    for bn in (64, 128, 256) for w in (4, 8) for s in (2, 3, 4)
 ]
 
 _block_sparse_tuned = triton.autotune(
-    configs=_SPARSE_CONFIGS, key=["BS", "BLOCK_D", "ORDERED", "TMA"],
+    configs=_SPARSE_CONFIGS, key=["BS", "BLOCK_D", "ORDERED", "EVEN_K", "TMA"],
     prune_configs_by={"early_config_prune": _sparse_configs_prune},
 )(_block_sparse_attention_fwd_kernel)
 
@@ -145,9 +151,9 @@ def heavy_first_order(counts: torch.Tensor) -> torch.Tensor:
     return torch.argsort(counts.reshape(-1), descending=True, stable=True).to(torch.int32)
 
 
-def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=True, config=None):
-    """`block_sparse_attention`, optionally in row order, autotuned or (tests) with one given
-    `triton.Config` of `_SPARSE_CONFIGS`."""
+def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, config=None):
+    """`block_sparse_attention`, optionally launching the longest rows first, autotuned or
+    (tests) with one given `triton.Config` of `_SPARSE_CONFIGS`."""
     shape = check_attention_inputs(q, k, v)
     check_mask_matches(mask, shape, q.device)
     check_kernel_block_size(mask.block_size, "mask.block_size")
@@ -164,18 +170,22 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=True, conf
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, LQ, device=q.device, dtype=torch.float32)
     tma = tma_eligible(k, v, block_d=block_d)
-    k_arg, v_arg = (row_tiles(k, bs, block_d), row_tiles(v, bs, block_d)) if tma else (k, v)
+    tuned = config is None and use_autotune(q.dtype, block_d, bs)
+    if config is None and not tuned:
+        block_n = bs if tma else max(bs, 64)
+        config = triton.Config({"BLOCK_N": block_n}, **fixed_config(bs, block_n, block_d, q.element_size()))
+    # Descriptor tiles: the config's height, or (autotuned) any height the pre-hook then resizes.
+    rows = bs if tuned else config.kwargs["BLOCK_N"]
+    k_arg, v_arg = (row_tiles(k, rows, block_d), row_tiles(v, rows, block_d)) if tma else (k, v)
     args = (q, k_arg, v_arg, out, lse, indices, counts, order, *strides4(q), *strides4(k), *strides4(v),
             *strides4(out), H, LQ, LK, nq, indices.shape[-1], scale * LOG2E)
-    meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=bs, ORDERED=heavy_first, PRECISION=dot_precision(q.dtype), TMA=tma)
+    meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=bs, ORDERED=heavy_first, EVEN_K=LK % bs == 0,
+                PRECISION=dot_precision(q.dtype), TMA=tma)
     grid = (B * H * nq,)
-    if config is None and use_autotune(q.dtype, block_d, bs):
+    if tuned:
         _block_sparse_tuned[grid](*args, **meta)
-        return out, lse
-    if config is None:
-        kpi = 1 if tma else max(1, 64 // bs)
-        config = triton.Config({"KPI": kpi}, **fixed_config(bs, kpi * bs, block_d, q.element_size()))
-    _block_sparse_attention_fwd_kernel[grid](*args, **meta, **config.all_kwargs())
+    else:
+        _block_sparse_attention_fwd_kernel[grid](*args, **meta, **config.all_kwargs())
     return out, lse
 
 

@@ -9,9 +9,13 @@ per key block instead, and stored as `log2(sum) + m` (the row's log-sum of `2**s
 that block, independent of the running max `m`), these row sums are the mass before
 normalisation. After the loop, `mass[p, c] = sum_rows exp2(stored - lse2)` over the rows
 of query block `p`: exactly the `sum exp(s - lse)` of ALGORITHM.md's pass 2, whose extra
-`QK^T` (half an attention) it replaces by a store of `[BLOCK_M, BLOCK_N / BS]` floats per
-key tile and one read back. The stored rows live in a scratch slot that the program holds
+`QK^T` (half an attention) it replaces by a store of one float per (row, key block) and
+one read back. A key tile narrower than a block carries its rows' sums to the block's
+last tile (`_attend_tile`). The stored rows live in a scratch slot that the program holds
 while it runs (`_attention_fwd_kernel`); the scratch is O(L) (`_launch.SCRATCH_ROWS_PER_SM`).
+
+`online_softmax_step` is the one FlashAttention-2 step of the package: the block-sparse
+kernel runs it too, over its kept tiles.
 
 K and V tiles come through the tensor copy engine (TMA descriptors, `_launch.row_tiles`)
 when `_launch.tma_eligible` says so, else through pointers; run 3 in docs/kernel-tuning.md
@@ -31,31 +35,60 @@ import triton.language as tl
 
 from .._validation import check_attention_inputs, check_block_size, num_blocks, resolve_scale
 from ._launch import (LOG2E, SMEM_BUDGET, check_block_tiles_fit, check_kernel_block_size, check_kernel_inputs, dot,
-                      dot_precision, fixed_config, load_q_tile, load_rows, padded_head_dim, row_tiles, scratch_slots,
-                      set_tile_rows, smem_estimate, store_out_tile, strides4, tma_eligible, to_dtype, use_autotune)
+                      dot_precision, fixed_config, key_tile_fits, load_q_tile, load_rows, padded_head_dim, row_tiles,
+                      scratch_slots, set_tile_rows, smem_estimate, store_out_tile, strides4, tma_eligible, to_dtype,
+                      use_autotune)
 from .search import fixed_tile
 
 
 @triton.jit
-def _block_row_sums(b_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BS: tl.constexpr):
-    """`[BLOCK_M, BLOCK_N]` -> `[BLOCK_M, BLOCK_N // BS]`: each row's sum over each key block of the tile.
+def _group_row_sums(b_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """`[BLOCK_M, BLOCK_N]` -> `[BLOCK_M, BLOCK_N // GROUP]`: each row's sum over each group of GROUP keys.
 
     A sum within rows: in the MMA layout a row lives in one quad of threads, so this takes
     register adds and two shuffles, no shared memory and no barrier.
     """
-    if BLOCK_N == BS:
+    if BLOCK_N == GROUP:
         return tl.sum(b_p, axis=1)[:, None]
     else:
-        return tl.sum(tl.reshape(b_p, (BLOCK_M, BLOCK_N // BS, BS)), axis=2)
+        return tl.sum(tl.reshape(b_p, (BLOCK_M, BLOCK_N // GROUP, GROUP)), axis=2)
 
 
 @triton.jit
-def _store_row_sums(p_slot, b_rows, start, NKB, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BS: tl.constexpr):
-    """Write the `[BLOCK_M, BLOCK_N // BS]` per-row values of the key tile at `start` to the
-    program's scratch slot, laid out `[nk, BLOCK_M]` (a block's rows contiguous: coalesced)."""
-    o_kb = start // BS + tl.arange(0, BLOCK_N // BS)
-    tl.store(p_slot + o_kb[None, :] * BLOCK_M + tl.arange(0, BLOCK_M)[:, None], b_rows,
-             mask=(o_kb < NKB)[None, :])
+def online_softmax_step(b_q, b_k, b_v, m_key, b_m, b_l, b_acc, qk_scale,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr,
+                        MASK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """One FlashAttention-2 step over a `[BLOCK_N, BLOCK_D]` key tile `b_k` and value tile `b_v`.
+
+    Updates the running row max `b_m`, sum `b_l` (`[BLOCK_M]`) and output accumulator
+    `b_acc` (`[BLOCK_M, BLOCK_D]`), and also returns the tile's rescale factor `alpha` and
+    its row sums of `p = exp2(s - m)` per group of GROUP keys (`[BLOCK_M, BLOCK_N // GROUP]`;
+    the fused search's per-block sums, dead code otherwise). With MASK_N only the keys
+    where `m_key [BLOCK_N]` is true count; every tile must hold at least one.
+    """
+    # [BLOCK_M, BLOCK_N] raw scores; qk_scale > 0, so max(s) * qk_scale is the max of the scaled
+    # scores and each probability costs one FMA (s * qk_scale - m) before its exp2.
+    b_s = dot(b_q, tl.trans(b_k), PRECISION)
+    if MASK_N:
+        b_s = tl.where(m_key[None, :], b_s, float("-inf"))
+    b_m_new = tl.maximum(b_m, tl.max(b_s, axis=1) * qk_scale)
+    b_alpha = tl.math.exp2(b_m - b_m_new)
+    b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None])
+    b_rows = _group_row_sums(b_p, BLOCK_M, BLOCK_N, GROUP)
+    b_l = b_l * b_alpha + tl.sum(b_rows, axis=1)
+    # [BLOCK_M, BLOCK_D]
+    b_acc = b_acc * b_alpha[:, None] + dot(to_dtype(b_p, b_v.dtype, PRECISION), b_v, PRECISION)
+    return b_m_new, b_l, b_acc, b_alpha, b_rows
+
+
+@triton.jit
+def _store_row_sums(p_slot, b_vals, kb_first, NKB, m_store, BLOCK_M: tl.constexpr, N_KB: tl.constexpr):
+    """Write `b_vals [BLOCK_M, N_KB]`, the rows' values for key blocks `kb_first ..`, to the
+    program's scratch slot, laid out `[nk, BLOCK_M]` (a block's rows contiguous: coalesced);
+    nothing where the scalar `m_store` is false."""
+    o_kb = kb_first + tl.arange(0, N_KB)
+    tl.store(p_slot + o_kb[None, :] * BLOCK_M + tl.arange(0, BLOCK_M)[:, None], b_vals,
+             mask=(o_kb < NKB)[None, :] & m_store)
 
 
 @triton.jit
@@ -87,29 +120,28 @@ def _sum_slot_into_mass(p_slot, b_lse2, MASS, o_mass_row, NKB, m_qb, BLOCK_M: tl
 
 
 @triton.jit
-def _attend_tile(b_q, b_k, b_v, start, LK, b_m, b_l, b_acc, qk_scale, p_slot, NKB,
+def _attend_tile(b_q, b_k, b_v, start, LK, b_m, b_l, b_acc, b_run, qk_scale, p_slot, NKB,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BS: tl.constexpr, MASK_N: tl.constexpr,
                  WITH_MASS: tl.constexpr, PRECISION: tl.constexpr):
-    """One online-softmax step over the `[BLOCK_N, BLOCK_D]` key / value tiles at `start`;
-    returns the updated (m, l, acc). WITH_MASS also stores the tile's per-row block log-sums."""
-    # [BLOCK_M, BLOCK_N] raw scores; qk_scale > 0, so max(s) * qk_scale is the max of the scaled
-    # scores and each probability costs one FMA (s * qk_scale - m) before its exp2.
-    b_s = dot(b_q, tl.trans(b_k), PRECISION)
-    if MASK_N:
-        b_s = tl.where((start + tl.arange(0, BLOCK_N) < LK)[None, :], b_s, float("-inf"))
-    b_m_new = tl.maximum(b_m, tl.max(b_s, axis=1) * qk_scale)
-    b_alpha = tl.math.exp2(b_m - b_m_new)
-    b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None])
+    """The online-softmax step over the key / value tiles at `start`; returns the updated
+    (m, l, acc, run). WITH_MASS also stores each row's `log2(sum of 2**s)` over every key
+    block the tile completes. A tile narrower than a block (BLOCK_N < BS) adds its row sums
+    to `b_run [BLOCK_M, 1]` (rescaled with the running max) and stores at the block's end."""
+    m_key = start + tl.arange(0, BLOCK_N) < LK
+    GROUP: tl.constexpr = BS if BLOCK_N > BS else BLOCK_N
+    b_m, b_l, b_acc, b_alpha, b_rows = online_softmax_step(b_q, b_k, b_v, m_key, b_m, b_l, b_acc, qk_scale,
+                                                           BLOCK_M, BLOCK_N, GROUP, MASK_N, PRECISION)
     if WITH_MASS:
-        # [BLOCK_M, BLOCK_N // BS]; log2(0) = -inf for key blocks past Lk (not stored)
-        b_rows = _block_row_sums(b_p, BLOCK_M, BLOCK_N, BS)
-        _store_row_sums(p_slot, tl.math.log2(b_rows) + b_m_new[:, None], start, NKB, BLOCK_M, BLOCK_N, BS)
-        b_l = b_l * b_alpha + tl.sum(b_rows, axis=1)
-    else:
-        b_l = b_l * b_alpha + tl.sum(b_p, axis=1)
-    # [BLOCK_M, BLOCK_D]
-    b_acc = b_acc * b_alpha[:, None] + dot(to_dtype(b_p, b_v.dtype, PRECISION), b_v, PRECISION)
-    return b_m_new, b_l, b_acc
+        if BLOCK_N >= BS:
+            # [BLOCK_M, BLOCK_N // BS]; log2(0) = -inf for key blocks past Lk (not stored)
+            _store_row_sums(p_slot, tl.math.log2(b_rows) + b_m[:, None], start // BS, NKB, True,
+                            BLOCK_M, BLOCK_N // BS)
+        else:
+            b_run = b_run * b_alpha[:, None] + b_rows
+            ends_block = ((start + BLOCK_N) % BS == 0) | (start + BLOCK_N >= LK)
+            _store_row_sums(p_slot, tl.math.log2(b_run) + b_m[:, None], start // BS, NKB, ends_block, BLOCK_M, 1)
+            b_run = tl.where(ends_block, 0.0, b_run)
+    return b_m, b_l, b_acc, b_run
 
 
 @triton.jit
@@ -144,20 +176,22 @@ def _attention_tile(
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_M], tl.float32)
     b_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    # Row sums of the key block in progress when tiles are narrower than blocks (fused search).
+    b_run = tl.zeros([BLOCK_M, 1], tl.float32)
     lk_full = (LK // BLOCK_N) * BLOCK_N
     for start in range(0, lk_full, BLOCK_N):
         b_k = load_rows(K, p_k, i_b, i_h, start, LK, m_d, BLOCK_N, BLOCK_D, False, TMA)
         b_v = load_rows(V, p_v, i_b, i_h, start, LK, m_d, BLOCK_N, BLOCK_D, False, TMA)
-        b_m, b_l, b_acc = _attend_tile(b_q, b_k, b_v, start, LK, b_m, b_l, b_acc, qk_scale, p_slot, NKB,
-                                       BLOCK_M, BLOCK_N, BS, False, WITH_MASS, PRECISION)
+        b_m, b_l, b_acc, b_run = _attend_tile(b_q, b_k, b_v, start, LK, b_m, b_l, b_acc, b_run, qk_scale, p_slot,
+                                              NKB, BLOCK_M, BLOCK_N, BS, False, WITH_MASS, PRECISION)
         if not TMA:
             p_k += BLOCK_N * stride_kn
             p_v += BLOCK_N * stride_vn
     if lk_full < LK:
         b_k = load_rows(K, p_k, i_b, i_h, lk_full, LK, m_d, BLOCK_N, BLOCK_D, True, TMA)
         b_v = load_rows(V, p_v, i_b, i_h, lk_full, LK, m_d, BLOCK_N, BLOCK_D, True, TMA)
-        b_m, b_l, b_acc = _attend_tile(b_q, b_k, b_v, lk_full, LK, b_m, b_l, b_acc, qk_scale, p_slot, NKB,
-                                       BLOCK_M, BLOCK_N, BS, True, WITH_MASS, PRECISION)
+        b_m, b_l, b_acc, b_run = _attend_tile(b_q, b_k, b_v, lk_full, LK, b_m, b_l, b_acc, b_run, qk_scale, p_slot,
+                                              NKB, BLOCK_M, BLOCK_N, BS, True, WITH_MASS, PRECISION)
 
     # Every row sees >= 1 key (Lk >= 1), so l > 0 and the LSE is finite.
     b_lse2 = b_m + tl.math.log2(b_l)
@@ -214,7 +248,7 @@ def _attention_configs_prune(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     bs, block_d, with_mass = args["BS"], args["BLOCK_D"], args["WITH_MASS"]
     kept = [c for c in configs
-            if not (with_mass and (c.kwargs["BLOCK_M"] % bs or c.kwargs["BLOCK_N"] % bs))
+            if not (with_mass and (c.kwargs["BLOCK_M"] % bs or not key_tile_fits(c.kwargs["BLOCK_N"], bs)))
             and not (block_d > 128 and c.kwargs["BLOCK_M"] > 64)
             and smem_estimate(c.num_stages, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], block_d) <= SMEM_BUDGET]
     return kept or configs[:1]
@@ -222,8 +256,10 @@ def _attention_configs_prune(configs, named_args, **kwargs):
 
 # Tile heights 64/128 x widths 64/128 x pipeline depth 2/3, with 4 warps for 64-row tiles
 # and 8 for 128-row tiles (one warpgroup per 64 rows, as wgmma wants): 8 configs, few
-# enough that a first call compiles them in seconds. The fused search also needs tiles
-# holding whole blocks and the shared-memory budget leave 1-8 per key.
+# enough that a first call compiles them in seconds. The fused search also needs query
+# tiles of whole blocks and key tiles of whole blocks or whole fractions of one; with the
+# shared-memory budget that leaves, for D = 128, 6 configs for dense attention and for the
+# fused search 6 at block 64 and 3 at block 128.
 _ATTENTION_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=bm // 16, num_stages=s,
                   pre_hook=set_tile_rows({"K": "BLOCK_N", "V": "BLOCK_N"}))

@@ -4,7 +4,8 @@
 
 Work per (query tile, key tile): one `[BLOCK_M, D] x [D, MASS_N]` dot (half the matrix
 work of attention: no `P @ V`), one exp2 per score, and a reduction of the tile to
-`[BLOCK_M / BS, MASS_N / BS]` block sums. No V is read and no output is written except
+`[BLOCK_M / BS, MASS_N / BS]` block sums (a key tile narrower than a block adds into a
+running sum, stored at the block's last tile). No V is read and no output is written except
 `mass` (`B * H * nq * nk` floats, tiny next to Q and K). The exp2 count equals
 attention's, yet at 128-wide tiles dropping the exp2 saves only 2%: the matrix loop and
 the block reduction bound this kernel (docs/kernel-tuning.md, run 3).
@@ -18,39 +19,51 @@ import triton.language as tl
 
 from .._validation import check_attention_inputs, check_block_size, num_blocks, require_lse, resolve_scale
 from ._launch import (LOG2E, SMEM_BUDGET, check_block_tiles_fit, check_kernel_block_size, check_kernel_inputs, dot,
-                      dot_precision, fixed_config, load_q_tile, load_rows, padded_head_dim, row_tiles, set_tile_rows,
-                      smem_estimate, strides4, tma_eligible, use_autotune)
+                      dot_precision, fixed_config, key_tile_fits, load_q_tile, load_rows, padded_head_dim, row_tiles,
+                      set_tile_rows, smem_estimate, strides4, tma_eligible, use_autotune)
 
 
 @triton.jit
-def _mass_tile(b_q, b_k, start, LK, b_lse2, MASS, o_mass_row, NKB, m_qb, qk_scale,
+def _tile_block_sums(b_q, b_k, start, LK, b_lse2, qk_scale, BLOCK_M: tl.constexpr, MASS_N: tl.constexpr,
+                     BS: tl.constexpr, MASK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """Sums of `exp2(qk * qk_scale - lse2)` over each (query block, key block) part of one key tile.
+
+    `b_k` is the `[MASS_N, BLOCK_D]` key tile at `start` (zeros past Lk), `b_lse2` the
+    log2-domain LSE per query row (`+inf` on rows past Lq so they add 0). Returns
+    `[BLOCK_M // BS, MASS_N // BS]`, or `[BLOCK_M // BS, 1]` for a tile narrower than a block.
+    """
+    # [BLOCK_M, MASS_N]
+    b_p = tl.math.exp2(dot(b_q, tl.trans(b_k), PRECISION) * qk_scale - b_lse2[:, None])
+    if MASK_N:
+        b_p = tl.where((start + tl.arange(0, MASS_N) < LK)[None, :], b_p, 0.0)
+    if BLOCK_M == BS and MASS_N <= BS:
+        # One query block, one (part of a) key block: a plain reduction, no reshape. [1, 1]
+        return tl.zeros([1, 1], tl.float32) + tl.sum(tl.sum(b_p, axis=1), axis=0)
+    else:
+        GROUP: tl.constexpr = BS if MASS_N > BS else MASS_N
+        # [BLOCK_M, MASS_N // GROUP]: within rows (no shared memory)
+        b_cols = tl.sum(tl.reshape(b_p, (BLOCK_M, MASS_N // GROUP, GROUP)), axis=2)
+        # [BLOCK_M // BS, MASS_N // GROUP]: across rows
+        return tl.sum(tl.reshape(b_cols, (BLOCK_M // BS, BS, MASS_N // GROUP)), axis=1)
+
+
+@triton.jit
+def _mass_step(b_q, b_k, start, LK, b_lse2, b_run, MASS, o_mass_row, NKB, m_qb, qk_scale,
                BLOCK_M: tl.constexpr, MASS_N: tl.constexpr, BS: tl.constexpr,
                MASK_N: tl.constexpr, PRECISION: tl.constexpr):
-    """Write the block sums of `exp2(qk * qk_scale - lse2)` for one key tile starting at `start`.
-
-    `b_k` is the `[MASS_N, BLOCK_D]` key tile (zeros past Lk), `b_lse2` the log2-domain LSE
-    per query row (`+inf` on rows past Lq so they add 0), `o_mass_row` the int64 offsets of
-    this tile's query blocks' rows in MASS.
-    """
-    o_n = start + tl.arange(0, MASS_N)
-    m_n = o_n < LK
-    # [BLOCK_M, MASS_N]
-    b_s = dot(b_q, tl.trans(b_k), PRECISION) * qk_scale - b_lse2[:, None]
-    b_p = tl.math.exp2(b_s)
-    if MASK_N:
-        b_p = tl.where(m_n[None, :], b_p, 0.0)
-    o_kb = start // BS + tl.arange(0, MASS_N // BS)
-    if BLOCK_M == BS and MASS_N == BS:
-        # One block per tile: a plain reduction, no reshape. [1]
-        b_blk = tl.zeros([1], tl.float32) + tl.sum(tl.sum(b_p, axis=1), axis=0)
-        tl.store(MASS + o_mass_row + o_kb, b_blk, mask=m_qb & (o_kb < NKB))
+    """Store the block sums of the key tile at `start` into MASS (rows `o_mass_row`, valid
+    where `m_qb`); returns `b_run`. A tile narrower than a block adds into `b_run
+    [BLOCK_M // BS, 1]` and stores at the block's last tile."""
+    b_blk = _tile_block_sums(b_q, b_k, start, LK, b_lse2, qk_scale, BLOCK_M, MASS_N, BS, MASK_N, PRECISION)
+    if MASS_N >= BS:
+        o_kb = start // BS + tl.arange(0, MASS_N // BS)
+        tl.store(MASS + o_mass_row[:, None] + o_kb[None, :], b_blk, mask=m_qb[:, None] & (o_kb[None, :] < NKB))
     else:
-        # [BLOCK_M, MASS_N / BS]
-        b_cols = tl.sum(tl.reshape(b_p, (BLOCK_M, MASS_N // BS, BS)), axis=2)
-        # [BLOCK_M / BS, MASS_N / BS]
-        b_blk = tl.sum(tl.reshape(b_cols, (BLOCK_M // BS, BS, MASS_N // BS)), axis=1)
-        tl.store(MASS + o_mass_row[:, None] + o_kb[None, :], b_blk,
-                 mask=m_qb[:, None] & (o_kb[None, :] < NKB))
+        b_run += b_blk
+        ends_block = ((start + MASS_N) % BS == 0) | (start + MASS_N >= LK)
+        tl.store(MASS + o_mass_row[:, None] + start // BS, b_run, mask=m_qb[:, None] & ends_block)
+        b_run = tl.where(ends_block, 0.0, b_run)
+    return b_run
 
 
 @triton.jit
@@ -88,16 +101,18 @@ def _block_mass_fwd_kernel(
         # [MASS_N, BLOCK_D] pointers of the first key tile
         p_k = (K + i_b.to(tl.int64) * stride_kb + i_h.to(tl.int64) * stride_kh
                + tl.arange(0, MASS_N)[:, None] * stride_kn + tl.arange(0, BLOCK_D)[None, :] * stride_kd)
+    # Block sums of the key block in progress when tiles are narrower than blocks.
+    b_run = tl.zeros([BLOCK_M // BS, 1], tl.float32)
     lk_full = (LK // MASS_N) * MASS_N
     for start in range(0, lk_full, MASS_N):
         b_k = load_rows(K, p_k, i_b, i_h, start, LK, m_d, MASS_N, BLOCK_D, False, TMA)
-        _mass_tile(b_q, b_k, start, LK, b_lse2, MASS, o_mass_row, NKB, m_qb, qk_scale,
-                   BLOCK_M, MASS_N, BS, False, PRECISION)
+        b_run = _mass_step(b_q, b_k, start, LK, b_lse2, b_run, MASS, o_mass_row, NKB, m_qb, qk_scale,
+                           BLOCK_M, MASS_N, BS, False, PRECISION)
         if not TMA:
             p_k += MASS_N * stride_kn
     if lk_full < LK:
         b_k = load_rows(K, p_k, i_b, i_h, lk_full, LK, m_d, MASS_N, BLOCK_D, True, TMA)
-        _mass_tile(b_q, b_k, lk_full, LK, b_lse2, MASS, o_mass_row, NKB, m_qb, qk_scale,
+        _mass_step(b_q, b_k, lk_full, LK, b_lse2, b_run, MASS, o_mass_row, NKB, m_qb, qk_scale,
                    BLOCK_M, MASS_N, BS, True, PRECISION)
 
 
@@ -105,7 +120,7 @@ def _mass_configs_prune(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     bs, block_d = args["BS"], args["BLOCK_D"]
     kept = [c for c in configs
-            if c.kwargs["BLOCK_M"] % bs == 0 and c.kwargs["MASS_N"] % bs == 0
+            if c.kwargs["BLOCK_M"] % bs == 0 and key_tile_fits(c.kwargs["MASS_N"], bs)
             and not (block_d > 128 and c.kwargs["BLOCK_M"] > 64)
             and smem_estimate(c.num_stages, c.kwargs["BLOCK_M"], c.kwargs["MASS_N"], block_d, with_v=False)
             <= SMEM_BUDGET]
@@ -113,8 +128,9 @@ def _mass_configs_prune(configs, named_args, **kwargs):
 
 
 # 3 tile heights x 2 tile widths x 2 pipeline depths = 12, with one warpgroup per 64 rows;
-# tiles must hold whole blocks (BLOCK_M, MASS_N multiples of BS) and fit shared memory,
-# which leaves 5-11 per key. 256-row tiles halve the K traffic per query row (run 3).
+# query tiles must hold whole blocks, key tiles whole blocks or a whole fraction of one
+# (64 at block 128), and all must fit shared memory, which leaves 11 configs at block 64
+# and 7 at block 128 for D = 128. 256-row tiles halve the K traffic per query row (run 3).
 _MASS_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "MASS_N": bn}, num_warps=bm // 16, num_stages=s,
                   pre_hook=set_tile_rows({"K": "MASS_N"}))
