@@ -128,7 +128,8 @@ def _attend_tile(b_q, b_k, b_v, start, LK, b_m, b_l, b_acc, b_run, qk_scale, p_s
     block the tile completes. A tile narrower than a block (BLOCK_N < BS) adds its row sums
     to `b_run [BLOCK_M, 1]` (rescaled with the running max) and stores at the block's end."""
     m_key = start + tl.arange(0, BLOCK_N) < LK
-    GROUP: tl.constexpr = BS if BLOCK_N > BS else BLOCK_N
+    # Row sums per key block for the fused search; one plain row sum for dense attention.
+    GROUP: tl.constexpr = BS if WITH_MASS and BLOCK_N > BS else BLOCK_N
     b_m, b_l, b_acc, b_alpha, b_rows = online_softmax_step(b_q, b_k, b_v, m_key, b_m, b_l, b_acc, qk_scale,
                                                            BLOCK_M, BLOCK_N, GROUP, MASK_N, PRECISION)
     if WITH_MASS:
