@@ -7,11 +7,17 @@ stack per thread (spills) and shared memory per program. That is the check behin
 register counts in docs/kernel-tuning.md: one program of 8 warps fits once per SM below
 256 registers, twice below 128. Usage: `python tools/kernel_resources.py` (half a
 minute); the configs listed are the ones the autotuner picked on the H200 at D = 128,
-bf16, through the copy engine (TMA).
+bf16, through the copy engine (TMA), then the warp-specialized Gluon kernel
+(`adaspa/kernels/hopper.py`). `--only TEXT` keeps the rows whose name contains TEXT and
+`--json` prints one JSON object per row (tests/test_hopper.py runs
+`--only Gluon --json`). Run it without `TRITON_INTERPRET`: the interpreter replaces the
+kernels by Python functions, which cannot be compiled.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
 import subprocess
@@ -27,11 +33,19 @@ HOPPER = GPUTarget("cuda", 90, 32)
 D = 128
 
 
-def resources(kernel, signature: dict, constants: dict, num_warps: int, num_stages: int) -> str:
-    """Compile `kernel` for sm_90a and return its registers, spill stack and shared memory."""
-    source = ASTSource(fn=kernel, signature={**signature, **{name: "constexpr" for name in constants}},
-                       constexprs=constants)
-    compiled = triton.compile(source, target=HOPPER, options={"num_warps": num_warps, "num_stages": num_stages})
+def resources(kernel, signature: dict, constants: dict, num_warps: int, num_stages: int = 3,
+              maxnreg: int = None) -> dict:
+    """Compile `kernel` (Triton or, for a `gluon.jit` function, Gluon) for sm_90a; return its
+    registers per thread, spill stack bytes per thread and shared KiB per program."""
+    from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
+
+    make_source = GluonASTSource if isinstance(kernel, GluonJITFunction) else ASTSource
+    source = make_source(fn=kernel, signature={**signature, **{name: "constexpr" for name in constants}},
+                         constexprs=constants)
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
+    compiled = triton.compile(source, target=HOPPER, options=options)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
@@ -39,12 +53,13 @@ def resources(kernel, signature: dict, constants: dict, num_warps: int, num_stag
         usage = subprocess.run([cuobjdump, "--dump-resource-usage", cubin.name], capture_output=True, text=True,
                                check=True).stdout
     regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
-    return f"{regs:>4} registers, {stack:>5} B stack, {compiled.metadata.shared // 1024:>4} KiB shared"
+    return {"registers": int(regs), "stack_bytes": int(stack), "shared_kib": compiled.metadata.shared // 1024}
 
 
-def tiles(rows: int) -> str:
-    """Signature type of a TMA descriptor of `[1, 1, rows, D]` bf16 boxes (`_launch.row_tiles`)."""
-    return f"tensordesc<bf16[1,1,{rows},{D}]>"
+def tiles(rows: int, head_dim: int = D, layout=None) -> str:
+    """Signature type of a TMA descriptor of `[1, 1, rows, head_dim]` bf16 boxes (`_launch.row_tiles`;
+    with the shared-memory `layout` for Gluon's descriptors, `hopper._row_tiles`)."""
+    return f"tensordesc<bf16[1,1,{rows},{head_dim}]{'' if layout is None else ',' + repr(layout)}>"
 
 
 def strides(*tensors: str) -> dict:
@@ -80,20 +95,50 @@ def sparse(block_n, bs, warps, stages, even_k=True):
     return resources(block_sparse._block_sparse_attention_fwd_kernel, signature, constants, warps, stages)
 
 
-def main() -> None:
-    rows = [
-        ("dense attention, 128 x 64, 3 stages", lambda: attention(128, 64, 64, False, 8, 3)),
-        ("fused search, block 64, 128 x 64, 3 stages", lambda: attention(128, 64, 64, True, 8, 3)),
-        ("fused search, block 128, 128 x 64, 3 stages", lambda: attention(128, 64, 128, True, 8, 3)),
-        ("fused search, block 128, 128 x 128, 2 stages", lambda: attention(128, 128, 128, True, 8, 2)),
-        ("LSE-cached search, block 64, 256 x 64, 3 stages", lambda: cached_search(256, 64, 64, 16, 3)),
-        ("LSE-cached search, block 128, 256 x 64, 3 stages", lambda: cached_search(256, 64, 128, 16, 3)),
-        ("block-sparse, block 64, 64-row tiles, 3 stages", lambda: sparse(64, 64, 4, 3)),
-        ("block-sparse, block 64, ragged Lk", lambda: sparse(64, 64, 4, 3, even_k=False)),
-        ("block-sparse, block 128, 128-row tiles, 2 stages", lambda: sparse(128, 128, 8, 2)),
-    ]
-    for name, compile_one in rows:
-        print(f"{name:<52}{compile_one()}", flush=True)
+def gluon_attention(head_dim, dense, ordered=False, even_k=True):
+    from triton.experimental.gluon import language as gl
+
+    from adaspa.kernels import hopper
+
+    def gluon_tiles(rows):
+        return tiles(rows, head_dim, gl.NVMMASharedLayout.get_default_for([1, 1, rows, head_dim], gl.bfloat16))
+
+    signature = {"q_desc": gluon_tiles(64), "k_desc": gluon_tiles(128), "v_desc": gluon_tiles(128),
+                 "o_desc": gluon_tiles(64), "LSE": "*fp32", "INDICES": "*i32", "COUNTS": "*i32", "ORDER": "*i32",
+                 **ints("H", "LQ", "LK", "NQB", "MAX_KEPT"), "qk_scale": "fp32"}
+    constants = dict(HEAD_D=head_dim, DENSE=dense, ORDERED=ordered, EVEN_K=even_k)
+    return resources(hopper._attention_ws_fwd_kernel, signature, constants, 4, maxnreg=hopper.MAXNREG)
+
+
+ROWS = [
+    ("dense attention, 128 x 64, 3 stages", lambda: attention(128, 64, 64, False, 8, 3)),
+    ("fused search, block 64, 128 x 64, 3 stages", lambda: attention(128, 64, 64, True, 8, 3)),
+    ("fused search, block 128, 128 x 64, 3 stages", lambda: attention(128, 64, 128, True, 8, 3)),
+    ("fused search, block 128, 128 x 128, 2 stages", lambda: attention(128, 128, 128, True, 8, 2)),
+    ("LSE-cached search, block 64, 256 x 64, 3 stages", lambda: cached_search(256, 64, 64, 16, 3)),
+    ("LSE-cached search, block 128, 256 x 64, 3 stages", lambda: cached_search(256, 64, 128, 16, 3)),
+    ("block-sparse, block 64, 64-row tiles, 3 stages", lambda: sparse(64, 64, 4, 3)),
+    ("block-sparse, block 64, ragged Lk", lambda: sparse(64, 64, 4, 3, even_k=False)),
+    ("block-sparse, block 128, 128-row tiles, 2 stages", lambda: sparse(128, 128, 8, 2)),
+    ("Gluon, block-sparse, D = 128", lambda: gluon_attention(128, dense=False)),
+    ("Gluon, dense, D = 64, ragged Lk, heavy-first order", lambda: gluon_attention(64, True, True, False)),
+]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="", help="keep the rows whose name contains this text")
+    parser.add_argument("--json", action="store_true", help="one JSON object per row")
+    args = parser.parse_args(argv)
+    for name, compile_one in ROWS:
+        if args.only not in name:
+            continue
+        r = compile_one()
+        if args.json:
+            print(json.dumps({"name": name, **r}), flush=True)
+        else:
+            print(f"{name:<52}{r['registers']:>4} registers, {r['stack_bytes']:>5} B stack, "
+                  f"{r['shared_kib']:>4} KiB shared", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ so the kernels stay free of host-device synchronization and CUDA-graph capturabl
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -177,6 +178,30 @@ def tma_eligible(*tensors: torch.Tensor, block_d: int) -> bool:
             return False
     device = tensors[0].device
     return interpreting() or (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
+def _triton_at_least(major: int, minor: int) -> bool:
+    return tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (major, minor)
+
+
+def use_hopper_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int = 128) -> bool:
+    """True when the warp-specialized Gluon kernel (`adaspa/kernels/hopper.py`) runs these inputs.
+
+    That is: a CUDA tensor on a compute-capability 9.x GPU (Hopper), Triton >= 3.6 (the Gluon
+    API it is written against), float16 / bfloat16, D of 64 or 128, strides the copy engine
+    accepts, and a block size of 128 (dense attention passes 128, its tile height). Anything
+    else runs the Triton kernels, which handle every supported input. `ADASPA_GLUON=0`
+    turns the Gluon path off (A/B runs, and tests of the Triton kernels on a Hopper GPU).
+    """
+    return (os.environ.get("ADASPA_GLUON", "1") != "0" and not interpreting() and q.device.type == "cuda"
+            and block_size == 128 and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
+            and _triton_at_least(3, 6) and _compute_capability(q.device)[0] == 9
+            and tma_eligible(q, k, v, block_d=q.shape[-1]))
+
+
+@functools.lru_cache(maxsize=None)
+def _compute_capability(device: torch.device):
+    return torch.cuda.get_device_capability(device)
 
 
 def row_tiles(x: torch.Tensor, rows: int, block_d: int) -> TensorDescriptor:

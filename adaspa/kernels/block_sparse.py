@@ -28,7 +28,8 @@ import triton.language as tl
 from .._validation import check_attention_inputs, check_mask_matches, resolve_scale
 from ._launch import (LOG2E, SMEM_BUDGET, check_block_tiles_fit, check_kernel_block_size, check_kernel_inputs,
                       dot_precision, fixed_config, key_tile_fits, load_q_tile, load_rows, padded_head_dim, row_tiles,
-                      set_tile_rows, smem_estimate, store_out_tile, strides4, tma_eligible, use_autotune)
+                      set_tile_rows, smem_estimate, store_out_tile, strides4, tma_eligible, use_autotune,
+                      use_hopper_kernel)
 from .flash_fwd import online_softmax_step
 
 
@@ -166,6 +167,10 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, con
     block_d = padded_head_dim(D)
     indices = mask.indices.contiguous()
     counts = mask.counts.contiguous()
+    if config is None and use_hopper_kernel(q, k, v, bs):
+        from .hopper import hopper_attention
+
+        return hopper_attention(q, k, v, mask, scale=scale, order=heavy_first_order(counts) if heavy_first else None)
     order = heavy_first_order(counts) if heavy_first else counts
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, LQ, device=q.device, dtype=torch.float32)

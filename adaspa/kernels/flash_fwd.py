@@ -37,7 +37,7 @@ from .._validation import check_attention_inputs, check_block_size, num_blocks, 
 from ._launch import (LOG2E, SMEM_BUDGET, check_block_tiles_fit, check_kernel_block_size, check_kernel_inputs, dot,
                       dot_precision, fixed_config, key_tile_fits, load_q_tile, load_rows, padded_head_dim, row_tiles,
                       scratch_slots, set_tile_rows, smem_estimate, store_out_tile, strides4, tma_eligible, to_dtype,
-                      use_autotune)
+                      use_autotune, use_hopper_kernel)
 from .search import fixed_tile
 
 
@@ -331,6 +331,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale=None):
         >>> out.shape, lse.shape
         (torch.Size([1, 2, 200, 64]), torch.Size([1, 2, 200]))
     """
+    shape = check_attention_inputs(q, k, v)
+    check_kernel_inputs(q, shape.head_dim)
+    if use_hopper_kernel(q, k, v):
+        from .hopper import hopper_attention
+
+        return hopper_attention(q, k, v, scale=resolve_scale(scale, shape.head_dim))
     out, lse, _ = _launch(q, k, v, block_size=64, scale=scale, with_mass=False)
     return out, lse
 

@@ -1,0 +1,289 @@
+"""Warp-specialized attention for Hopper (sm_90), written in Gluon: dense and block-sparse.
+
+Why a second kernel. The Triton kernels run the softmax of a key tile and its two matrix
+products one after the other: Triton 3.6 waits on every `tl.dot` whose result the next
+iteration carries, and has no warp specialization on Hopper, so the tensor cores idle while
+a tile's exp2 runs (docs/kernel-tuning.md). Gluon exposes what FlashAttention-3 uses:
+
+- partitions: a producer warp streams K / V tiles with the copy engine (TMA) into a
+  `STAGES`-deep ring, with a ready and an empty mbarrier per slot; two consumer
+  warpgroups each own 64 query rows of a 128-row block and share every K / V tile;
+- in each consumer, `S_j = Q K_j^T` and `O += P_{j-1} V_{j-1}` are issued as async
+  wgmmas and the softmax of `S_j` runs while `P_{j-1} V_{j-1}` is on the tensor cores;
+- the consumers are separate partitions with no CTA-wide barrier between them, so one
+  runs its softmax while the other's products run (ping-pong, left to the warp scheduler).
+
+One program is one (batch, head, 128-row query block); dense attention is the same loop
+over every key block. Measured on an H100 at L = 118784 (docs/benchmarks.md, kernel v6):
+dense 1.016x SDPA-cuDNN in the sweep (0.98-1.09x over three runs), against 0.855x for the
+Triton kernel; block-sparse at block 128 576-664 TFLOP/s effective at densities 0.05-1,
+against 437-479.
+
+When it runs (`_launch.use_hopper_kernel`): a CUDA tensor on a compute-capability 9.x
+GPU, Triton >= 3.6, float16 / bfloat16, D of 64 or 128, strides the copy engine accepts
+(`_launch.tma_eligible`), and for block-sparse attention a block size of 128. At block 64 this loop measured no faster
+than the Triton kernel (every 64-key tile is a separate random read, ~64 FLOP per byte of
+K / V, and the L2 cannot feed more: docs/kernel-tuning.md), so block 64 stays on Triton,
+as do fp32, other head dims, the interpreter and other GPUs. `ADASPA_GLUON=0` turns this
+path off (A/B runs; tests run both).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from ._launch import LOG2E
+
+#: Query rows per consumer warpgroup (one wgmma M tile of 4 warps); a program has two.
+WG_ROWS = gl.constexpr(64)
+#: Rows of a program's query block and of a key tile.
+BLOCK = gl.constexpr(128)
+#: Ring depth: three slots were no faster than two within the spread between runs
+#: (docs/kernel-tuning.md, "Kernel v6").
+STAGES = gl.constexpr(2)
+#: Registers per thread: 12 warps (two consumer warpgroups, one producer warp padded to a
+#: warpgroup) at 168 fill the register file; the producer gives back all but 24 and each
+#: consumer takes 240 (no spills: tests/test_hopper.py compiles it and checks).
+MAXNREG = 168
+CONSUMER_REGS = gl.constexpr(240)
+PRODUCER_REGS = gl.constexpr(24)
+
+
+@gluon.jit
+def _kept_count(COUNTS, i_row, LK, DENSE: gl.constexpr):
+    """Number of key blocks row `i_row` of the mask keeps; every block when DENSE."""
+    if DENSE:
+        return gl.cdiv(LK, BLOCK)
+    else:
+        return gl.load(COUNTS + i_row)
+
+
+@gluon.jit
+def _produce_kv(k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, INDICES, COUNTS, i_row, i_b, i_h,
+                LK, MAX_KEPT, DENSE: gl.constexpr):
+    """Producer warp: copy the K and V tiles of every kept block, in order, into the ring."""
+    n_kept = _kept_count(COUNTS, i_row, LK, DENSE)
+    p_idx = INDICES + i_row.to(gl.int64) * MAX_KEPT
+    # The next block index is loaded one tile ahead, so its latency is not on the copy's path.
+    if DENSE:
+        blk_next = 0
+    else:
+        blk_next = gl.load(p_idx, mask=n_kept > 0, other=0)
+    for it in range(n_kept):
+        st = it % STAGES
+        phase = (it // STAGES) & 1
+        blk = blk_next
+        if DENSE:
+            blk_next = it + 1
+        else:
+            blk_next = gl.load(p_idx + gl.minimum(it + 1, n_kept - 1))
+        # A fresh mbarrier counts as having completed the phase before 0, so the first
+        # pass over the ring does not wait.
+        mbarrier.wait(k_empty.index(st), phase ^ 1)
+        mbarrier.expect(k_ready.index(st), k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [i_b, i_h, blk * BLOCK, 0], k_ready.index(st), k_smem.index(st))
+        mbarrier.wait(v_empty.index(st), phase ^ 1)
+        mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [i_b, i_h, blk * BLOCK, 0], v_ready.index(st), v_smem.index(st))
+
+
+@gluon.jit
+def _mask_keys(b_s, o_col, INDICES, i_row, it, LK, MAX_KEPT, DENSE: gl.constexpr, EVEN_K: gl.constexpr):
+    """Scores of keys past Lk (in the last, partial block) set to -inf; a no-op when EVEN_K."""
+    if not EVEN_K:
+        if DENSE:
+            start = it * BLOCK
+        else:
+            start = gl.load(INDICES + i_row.to(gl.int64) * MAX_KEPT + it) * BLOCK
+        b_s = gl.where((start + o_col < LK)[None, :], b_s, float("-inf"))
+    return b_s
+
+
+@gluon.jit
+def _consume(o_desc, q_rows, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty, LSE, INDICES, COUNTS,
+             i_row, i_b, i_h, i_bh, row0, LQ, LK, MAX_KEPT, qk_scale,
+             HEAD_D: gl.constexpr, DENSE: gl.constexpr, EVEN_K: gl.constexpr):
+    """Consumer warpgroup: online softmax of its 64 query rows over the kept key tiles,
+    then O (through its Q tile and the copy engine) and the LSE."""
+    dtype: gl.constexpr = q_rows.dtype
+    # Accumulator layouts of the two products (wgmma, 4 warps along M) and P as the
+    # register operand of the second, which the compiler reads in place from S's registers.
+    mma_s: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK, 16])
+    mma_o: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                    instr_shape=[16, HEAD_D, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_o, k_width=2)
+    rows_s: gl.constexpr = gl.SliceLayout(1, mma_s)
+    rows_o: gl.constexpr = gl.SliceLayout(1, mma_o)
+
+    n_kept = _kept_count(COUNTS, i_row, LK, DENSE)
+    # [WG_ROWS, HEAD_D]
+    b_q = q_rows.reshape([WG_ROWS, HEAD_D])
+    o_col = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, mma_s))
+    b_m = gl.full([WG_ROWS], float("-inf"), gl.float32, layout=rows_s)
+    b_l = gl.zeros([WG_ROWS], gl.float32, layout=rows_s)
+    # [WG_ROWS, HEAD_D]
+    b_acc = gl.zeros([WG_ROWS, HEAD_D], gl.float32, layout=mma_o)
+    # [WG_ROWS, BLOCK]; S is written with use_acc=False, so this only gives its layout.
+    b_s0 = gl.zeros([WG_ROWS, BLOCK], gl.float32, layout=mma_s)
+    b_p = gl.zeros([WG_ROWS, BLOCK], dtype, layout=p_layout)
+    mbarrier.wait(q_bar, 0)
+
+    if n_kept > 0:
+        # Tile 0: scores and softmax; there is no previous P @ V to overlap with.
+        mbarrier.wait(k_ready.index(0), 0)
+        b_s = warpgroup_mma(b_q, k_smem.index(0).reshape([BLOCK, HEAD_D]).permute((1, 0)), b_s0, use_acc=False)
+        mbarrier.arrive(k_empty.index(0), count=1)
+        b_s = _mask_keys(b_s, o_col, INDICES, i_row, 0, LK, MAX_KEPT, DENSE, EVEN_K)
+        b_m = gl.max(b_s, axis=1) * qk_scale
+        b_pf = gl.exp2(b_s * qk_scale - b_m[:, None])
+        b_l = gl.sum(b_pf, axis=1)
+        b_p = gl.convert_layout(b_pf.to(dtype), p_layout)
+
+    for it in range(1, n_kept):
+        st = it % STAGES
+        prev = (it - 1) % STAGES
+        mbarrier.wait(k_ready.index(st), (it // STAGES) & 1)
+        s_token = warpgroup_mma(b_q, k_smem.index(st).reshape([BLOCK, HEAD_D]).permute((1, 0)), b_s0, use_acc=False,
+                                is_async=True)
+        mbarrier.wait(v_ready.index(prev), ((it - 1) // STAGES) & 1)
+        o_token = warpgroup_mma(b_p, v_smem.index(prev).reshape([BLOCK, HEAD_D]), b_acc, is_async=True)
+        # S of this tile is done (one group, P @ V of the last tile, may still run).
+        b_s = warpgroup_mma_wait(1, deps=(s_token, ))
+        mbarrier.arrive(k_empty.index(st), count=1)
+        b_s = _mask_keys(b_s, o_col, INDICES, i_row, it, LK, MAX_KEPT, DENSE, EVEN_K)
+        # The scale is folded into exp2's argument: one FMA per score. Every tile holds
+        # >= 1 valid key, so the running max stays finite.
+        b_m_new = gl.maximum(b_m, gl.max(b_s, axis=1) * qk_scale)
+        b_alpha = gl.exp2(b_m - b_m_new)
+        b_pf = gl.exp2(b_s * qk_scale - b_m_new[:, None])
+        b_l = b_l * b_alpha + gl.sum(b_pf, axis=1)
+        b_m = b_m_new
+        b_acc, b_p = warpgroup_mma_wait(0, deps=(o_token, b_p))
+        mbarrier.arrive(v_empty.index(prev), count=1)
+        b_acc = b_acc * gl.convert_layout(b_alpha, rows_o)[:, None]
+        b_p = gl.convert_layout(b_pf.to(dtype), p_layout)
+
+    if n_kept > 0:
+        last = (n_kept - 1) % STAGES
+        mbarrier.wait(v_ready.index(last), ((n_kept - 1) // STAGES) & 1)
+        b_acc = warpgroup_mma(b_p, v_smem.index(last).reshape([BLOCK, HEAD_D]), b_acc)
+
+    # A row with no kept block: out = 0, lse = -inf.
+    m_live = b_l > 0
+    b_l_safe = gl.where(m_live, b_l, 1.0)
+    b_out = b_acc / gl.convert_layout(b_l_safe, rows_o)[:, None]
+    b_lse = gl.where(m_live, (b_m + gl.log2(b_l_safe)) * 0.6931471805599453, float("-inf"))
+    o_row = row0 + gl.arange(0, WG_ROWS, layout=rows_s)
+    gl.store(LSE + i_bh.to(gl.int64) * LQ + o_row, b_lse, mask=o_row < LQ)
+    # Only this warpgroup's finished wgmmas read its Q tile, so the tile can hold O; the
+    # copy engine clips rows past Lq.
+    b_q.store(b_out.to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(o_desc, [i_b, i_h, row0, 0], q_rows)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _attention_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, LSE, INDICES, COUNTS, ORDER,
+                             H, LQ, LK, NQB, MAX_KEPT, qk_scale,
+                             HEAD_D: gl.constexpr, DENSE: gl.constexpr, ORDERED: gl.constexpr, EVEN_K: gl.constexpr):
+    """Program `pid` handles mask row `ORDER[pid]` (or `pid`) of the flattened `[B * H * nq]`
+    rows, i.e. one 128-row query block: Q, then the partitions."""
+    dtype: gl.constexpr = q_desc.dtype
+    pid = gl.program_id(0)
+    if ORDERED:
+        i_row = gl.load(ORDER + pid)
+    else:
+        i_row = pid
+    i_bh = i_row // NQB
+    i_p = i_row % NQB
+    i_b = i_bh // H
+    i_h = i_bh % H
+
+    # Two [1, 1, 64, D] Q tiles (one per consumer; each later holds that consumer's O) and
+    # the K / V ring of [1, 1, 128, D] tiles; tiles as the copy engine writes them.
+    q_smem = gl.allocate_shared_memory(dtype, [2, 1, 1, WG_ROWS, HEAD_D], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK, HEAD_D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK, HEAD_D], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        # Both consumers release a slot.
+        mbarrier.init(k_empty.index(i), count=2)
+        mbarrier.init(v_empty.index(i), count=2)
+    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
+    for c in gl.static_range(2):
+        tma.async_copy_global_to_shared(q_desc, [i_b, i_h, i_p * BLOCK + c * WG_ROWS, 0], q_bar, q_smem.index(c))
+
+    # The argument tuples are written in the call: assigned to a variable first, their
+    # constexprs would become tensors.
+    gl.warp_specialize([
+        (_consume, (o_desc, q_smem.index(0), k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty, LSE, INDICES,
+                    COUNTS, i_row, i_b, i_h, i_bh, i_p * BLOCK, LQ, LK, MAX_KEPT, qk_scale, HEAD_D, DENSE, EVEN_K)),
+        (_consume, (o_desc, q_smem.index(1), k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty, LSE, INDICES,
+                    COUNTS, i_row, i_b, i_h, i_bh, i_p * BLOCK + WG_ROWS, LQ, LK, MAX_KEPT, qk_scale, HEAD_D, DENSE,
+                    EVEN_K)),
+        (_produce_kv, (k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, INDICES, COUNTS, i_row, i_b,
+                       i_h, LK, MAX_KEPT, DENSE)),
+    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+
+
+def _row_tiles(x: torch.Tensor, rows: int) -> TensorDescriptor:
+    """Copy-engine descriptor over `x [B, H, L, D]` giving `[1, 1, rows, D]` tiles (zeros past L)."""
+    dim = x.shape[-1]
+    element = gl.bfloat16 if x.dtype == torch.bfloat16 else gl.float16
+    layout = gl.NVMMASharedLayout.get_default_for([1, 1, rows, dim], element)
+    return TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, rows, dim], layout)
+
+
+def hopper_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None, *, scale: float,
+                     order: torch.Tensor = None):
+    """Dense (`mask=None`) or block-sparse attention through the warp-specialized kernel.
+
+    Inputs are checked by the caller (`adaspa.kernels`) and must pass `_launch.use_hopper_kernel`.
+
+    Args:
+        q: `[B, H, Lq, D]`; k, v: `[B, H, Lk, D]`, float16 / bfloat16, D in (64, 128).
+        mask: a `BlockSparseMask` of block size 128, or None for dense attention.
+        scale: softmax scale.
+        order: optional int32 `[B * H * nq]` order in which programs take the mask's rows.
+
+    Returns:
+        out `[B, H, Lq, D]` in q's dtype, lse float32 `[B, H, Lq]` (natural log).
+
+    Example:
+        >>> q = k = v = torch.randn(1, 2, 300, 128, device="cuda", dtype=torch.bfloat16)
+        >>> out, lse = hopper_attention(q, k, v, scale=128 ** -0.5)
+        >>> out.shape, lse.shape
+        (torch.Size([1, 2, 300, 128]), torch.Size([1, 2, 300]))
+    """
+    B, H, LQ, D = q.shape
+    LK = k.shape[2]
+    nq = triton.cdiv(LQ, BLOCK.value)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(B, H, LQ, device=q.device, dtype=torch.float32)
+    if mask is None:
+        indices = counts = lse  # unused by the kernel
+        max_kept = 0
+    else:
+        indices, counts = mask.indices.contiguous(), mask.counts.contiguous()
+        max_kept = indices.shape[-1]
+    _attention_ws_fwd_kernel[(B * H * nq, )](
+        _row_tiles(q, WG_ROWS.value), _row_tiles(k, BLOCK.value), _row_tiles(v, BLOCK.value),
+        _row_tiles(out, WG_ROWS.value), lse, indices, counts, counts if order is None else order,
+        H, LQ, LK, nq, max_kept, scale * LOG2E,
+        HEAD_D=D, DENSE=mask is None, ORDERED=order is not None, EVEN_K=LK % BLOCK.value == 0,
+        num_warps=4, maxnreg=MAXNREG)
+    return out, lse

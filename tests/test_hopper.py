@@ -1,0 +1,145 @@
+"""The warp-specialized Gluon kernel of `adaspa/kernels/hopper.py`.
+
+On a CPU (CI): it compiles for sm_90a with the installed Triton, without spilling.
+On a Hopper GPU: `kernels.attention` and `kernels.block_sparse_attention` dispatch to it
+for the inputs `_launch.use_hopper_kernel` accepts, and it matches the float64 oracle
+by the 2x-own-error rule on awkward shapes, layouts, empty rows and the heavy-first order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adaspa import BlockSparseMask, reference
+from adaspa.testing import assert_close, oracle_and_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_kernel_compiles_for_hopper_without_spills():
+    """tools/kernel_resources.py compiles the kernel's two variants for sm_90a, in a process
+    without TRITON_INTERPRET (under the interpreter `gluon.jit` functions cannot compile)."""
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "kernel_resources.py"), "--only", "Gluon", "--json"],
+                            env=env, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 2, result.stdout
+    for row in rows:
+        assert row["stack_bytes"] == 0, f"{row['name']}: {row['stack_bytes']} bytes of spills"
+    # Q (2 x 64 rows) and two 128-row K and V slots: 160 KiB at D = 128, 80 at D = 64.
+    assert [row["shared_kib"] for row in rows] == [160, 80]
+
+
+def _qkv(batch, heads, q_len, kv_len, dim, dtype, seq_major, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def make(length):
+        if seq_major:
+            return torch.randn(batch, length, heads, dim, generator=g, device="cuda", dtype=dtype).transpose(1, 2)
+        return torch.randn(batch, heads, length, dim, generator=g, device="cuda", dtype=dtype)
+
+    return make(q_len), make(kv_len), make(kv_len)
+
+
+def _random_mask(batch, heads, q_len, kv_len, keep, seed):
+    """Random block-128 mask keeping about `keep` of each row, with row 1 of head 0 empty."""
+    from adaspa.selection import select_blocks
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    nq, nk = -(-q_len // 128), -(-kv_len // 128)
+    mass = torch.rand(batch, heads, nq, nk, generator=g, device="cuda")
+    mask = select_blocks(mass, torch.full((batch, heads), 1.0 - keep, device="cuda"), block_size=128, q_len=q_len,
+                         kv_len=kv_len)
+    counts = mask.counts.clone()
+    counts[0, 0, min(1, nq - 1)] = 0
+    return BlockSparseMask(mask.indices, counts, 128, q_len, kv_len)
+
+
+@pytest.fixture
+def hopper_calls(monkeypatch):
+    """Count the calls that reach `hopper.hopper_attention` (the dispatch imports it per call)."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("needs a Hopper GPU")
+    from adaspa.kernels import hopper
+
+    calls = []
+    original = hopper.hopper_attention
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("order") is not None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hopper, "hopper_attention", counted)
+    return calls
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, dim, seq_major, q_len, kv_len", [
+    (torch.bfloat16, 128, True, 1000, 1000),
+    (torch.bfloat16, 128, False, 777, 1500),
+    (torch.float16, 64, True, 300, 2049),
+    (torch.float16, 128, False, 1024, 640),
+])
+def test_dense_and_sparse_match_oracle(hopper_calls, dtype, dim, seq_major, q_len, kv_len):
+    from adaspa import kernels
+
+    q, k, v = _qkv(2, 3, q_len, kv_len, dim, dtype, seq_major, seed=q_len)
+    (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.attention, q, k, v)
+    out, lse = kernels.attention(q, k, v)
+    assert_close(out, o_out, r_out, name="dense out")
+    assert_close(lse, o_lse, r_lse, name="dense lse")
+
+    mask = _random_mask(2, 3, q_len, kv_len, keep=0.4, seed=q_len)
+    (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+    out, lse = kernels.block_sparse_attention(q, k, v, mask)
+    assert_close(out, o_out, r_out, name="sparse out")
+    assert_close(lse, o_lse, r_lse, name="sparse lse")
+    assert torch.isinf(lse[0, 0, 128:256]).all() and (out[0, 0, 128:256] == 0).all(), "empty row"
+    assert hopper_calls == [False, False]
+
+
+@pytest.mark.gpu
+def test_heavy_first_order_and_keep_all_mask(hopper_calls):
+    """Each program does the same work in either order, and a keep-all mask is the dense
+    loop over the same tiles: both are bit-for-bit equal."""
+    from adaspa import kernels
+    from adaspa.kernels import block_sparse
+
+    q, k, v = _qkv(1, 3, 900, 900, 128, torch.bfloat16, True, seed=9)
+    mask = _random_mask(1, 3, 900, 900, keep=0.3, seed=9)
+    row_out, row_lse = kernels.block_sparse_attention(q, k, v, mask)
+    heavy_out, heavy_lse = block_sparse._block_sparse_attention(q, k, v, mask, heavy_first=True)
+    assert torch.equal(row_out, heavy_out) and torch.equal(row_lse, heavy_lse)
+    full_out, full_lse = kernels.block_sparse_attention(q, k, v, BlockSparseMask.full(1, 3, 900, 900, 128,
+                                                                                     device="cuda"))
+    dense_out, dense_lse = kernels.attention(q, k, v)
+    assert torch.equal(full_out, dense_out) and torch.equal(full_lse, dense_lse)
+    assert hopper_calls == [False, True, False, False]
+
+
+@pytest.mark.gpu
+def test_triton_path_when_turned_off(hopper_calls, monkeypatch):
+    from adaspa import kernels
+
+    q, k, v = _qkv(1, 2, 500, 500, 128, torch.bfloat16, True, seed=3)
+    mask = _random_mask(1, 2, 500, 500, keep=0.5, seed=3)
+    monkeypatch.setenv("ADASPA_GLUON", "0")
+    triton_out, triton_lse = kernels.block_sparse_attention(q, k, v, mask)
+    assert hopper_calls == []
+    monkeypatch.setenv("ADASPA_GLUON", "1")
+    out, lse = kernels.block_sparse_attention(q, k, v, mask)
+    assert hopper_calls == [False]
+    (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+    for name, a in (("gluon", out), ("triton", triton_out)):
+        assert_close(a, o_out, r_out, name=f"{name} out")
+    for name, a in (("gluon", lse), ("triton", triton_lse)):
+        assert_close(a, o_lse, r_lse, name=f"{name} lse")
+
