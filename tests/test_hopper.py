@@ -1,9 +1,10 @@
-"""The warp-specialized Gluon kernel of `adaspa/kernels/hopper.py`.
+"""The warp-specialized Gluon kernels: attention (`hopper.py`) and the LSE-cached search (`hopper_search.py`).
 
-On a CPU (CI): it compiles for sm_90a with the installed Triton, without spilling.
-On a Hopper GPU: `kernels.attention` and `kernels.block_sparse_attention` dispatch to it
-for the inputs `_launch.use_hopper_kernel` accepts, and it matches the float64 oracle
-by the 2x-own-error rule on awkward shapes, layouts, empty rows and the heavy-first order.
+On a CPU (CI): they compile for sm_90a with the installed Triton, without spilling.
+On a Hopper GPU: `kernels.attention`, `kernels.block_sparse_attention` and
+`kernels.block_mass` dispatch to them for the inputs `_launch.use_hopper_kernel` /
+`use_hopper_search` accept, and they match the float64 oracle by the 2x-own-error rule on
+awkward shapes, layouts, empty rows and the heavy-first order.
 """
 
 from __future__ import annotations
@@ -23,19 +24,20 @@ from adaspa.testing import assert_close, oracle_and_reference
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_kernel_compiles_for_hopper_without_spills():
-    """tools/kernel_resources.py compiles the kernel's two variants for sm_90a, in a process
+def test_kernels_compile_for_hopper_without_spills():
+    """tools/kernel_resources.py compiles two variants of each Gluon kernel for sm_90a, in a process
     without TRITON_INTERPRET (under the interpreter `gluon.jit` functions cannot compile)."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "kernel_resources.py"), "--only", "Gluon", "--json"],
                             env=env, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(rows) == 2, result.stdout
+    assert len(rows) == 4, result.stdout
     for row in rows:
         assert row["stack_bytes"] == 0, f"{row['name']}: {row['stack_bytes']} bytes of spills"
-    # Q (2 x 64 rows) and two 128-row K and V slots: 160 KiB at D = 128, 80 at D = 64.
-    assert [row["shared_kib"] for row in rows] == [160, 80]
+    # Attention: Q (2 x 64 rows) and two 128-row K and V slots. Search: Q (4 x 64 rows) and
+    # six 64-row K slots. 160 KiB at D = 128, 80 at D = 64.
+    assert [row["shared_kib"] for row in rows] == [160, 80, 160, 80]
 
 
 def _qkv(batch, heads, q_len, kv_len, dim, dtype, seq_major, seed):
@@ -143,3 +145,62 @@ def test_triton_path_when_turned_off(hopper_calls, monkeypatch):
     for name, a in (("gluon", lse), ("triton", triton_lse)):
         assert_close(a, o_lse, r_lse, name=f"{name} lse")
 
+
+
+@pytest.fixture
+def search_calls(monkeypatch):
+    """Count the calls that reach `hopper_search.hopper_block_mass` (the dispatch imports it per call)."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("needs a Hopper GPU")
+    from adaspa.kernels import hopper_search
+
+    calls = []
+    original = hopper_search.hopper_block_mass
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["block_size"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hopper_search, "hopper_block_mass", counted)
+    return calls
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, dim, seq_major, q_len, kv_len", [
+    (torch.bfloat16, 128, True, 1000, 1000),
+    (torch.bfloat16, 128, False, 777, 1500),
+    (torch.float16, 64, True, 300, 2049),
+    (torch.float16, 128, False, 40, 640),
+])
+@pytest.mark.parametrize("block_size", [64, 128])
+def test_cached_search_matches_oracle(search_calls, dtype, dim, seq_major, q_len, kv_len, block_size):
+    """Ragged Lq and Lk, programs whose last consumers lie past Lq, and an LSE with strides
+    (a `[B, L, H]` tensor transposed); block 128 adds two halves per entry, so two calls
+    must also agree bit for bit."""
+    from adaspa import kernels
+
+    q, k, v = _qkv(2, 3, q_len, kv_len, dim, dtype, seq_major, seed=q_len + block_size)
+    _, (_, r_lse) = oracle_and_reference(reference.attention, q, k, v)
+    lse = r_lse.transpose(1, 2).contiguous().transpose(1, 2)
+    o_mass, r_mass = oracle_and_reference(reference.block_mass, q, k, lse, block_size=block_size)
+    mass = kernels.block_mass(q, k, lse, block_size=block_size)
+    assert_close(mass, o_mass, r_mass, name="mass")
+    assert torch.equal(mass, kernels.block_mass(q, k, lse, block_size=block_size)), "not deterministic"
+    assert search_calls == [block_size, block_size]
+
+
+@pytest.mark.gpu
+def test_cached_search_triton_path_when_turned_off(search_calls, monkeypatch):
+    from adaspa import kernels
+
+    q, k, v = _qkv(1, 2, 500, 700, 128, torch.bfloat16, True, seed=4)
+    _, (_, r_lse) = oracle_and_reference(reference.attention, q, k, v)
+    o_mass, r_mass = oracle_and_reference(reference.block_mass, q, k, r_lse, block_size=64)
+    monkeypatch.setenv("ADASPA_GLUON", "0")
+    triton_mass = kernels.block_mass(q, k, r_lse, block_size=64)
+    assert search_calls == []
+    monkeypatch.setenv("ADASPA_GLUON", "1")
+    mass = kernels.block_mass(q, k, r_lse, block_size=64)
+    assert search_calls == [64]
+    for name, m in (("gluon", mass), ("triton", triton_mass)):
+        assert_close(m, o_mass, r_mass, name=f"{name} mass")

@@ -8,7 +8,7 @@ register counts in docs/kernel-tuning.md: one program of 8 warps fits once per S
 256 registers, twice below 128. Usage: `python tools/kernel_resources.py` (half a
 minute); the configs listed are the ones the autotuner picked on the H200 at D = 128,
 bf16, through the copy engine (TMA), then the warp-specialized Gluon kernel
-(`adaspa/kernels/hopper.py`). `--only TEXT` keeps the rows whose name contains TEXT and
+(`adaspa/kernels/hopper.py`) and the Gluon LSE-cached search (`hopper_search.py`). `--only TEXT` keeps the rows whose name contains TEXT and
 `--json` prints one JSON object per row (tests/test_hopper.py runs
 `--only Gluon --json`). Run it without `TRITON_INTERPRET`: the interpreter replaces the
 kernels by Python functions, which cannot be compiled.
@@ -110,6 +110,19 @@ def gluon_attention(head_dim, dense, ordered=False, even_k=True):
     return resources(hopper._attention_ws_fwd_kernel, signature, constants, 4, maxnreg=hopper.MAXNREG)
 
 
+def gluon_cached_search(head_dim, bs, even_k=True):
+    from triton.experimental.gluon import language as gl
+
+    from adaspa.kernels import hopper_search
+
+    rows = hopper_search.TILE.value
+    tile = tiles(rows, head_dim, gl.NVMMASharedLayout.get_default_for([1, 1, rows, head_dim], gl.bfloat16))
+    signature = {"q_desc": tile, "k_desc": tile, "LSE": "*fp32", "MASS": "*fp32",
+                 **ints("stride_lb", "stride_lh", "stride_lm", "H", "LQ", "LK", "NQB", "NKB", "NQT"), "qk_scale": "fp32"}
+    constants = dict(BS=bs, HEAD_D=head_dim, EVEN_K=even_k)
+    return resources(hopper_search._block_mass_ws_kernel, signature, constants, 4, maxnreg=hopper_search.MAXNREG)
+
+
 ROWS = [
     ("dense attention, 128 x 64, 3 stages", lambda: attention(128, 64, 64, False, 8, 3)),
     ("fused search, block 64, 128 x 64, 3 stages", lambda: attention(128, 64, 64, True, 8, 3)),
@@ -122,6 +135,8 @@ ROWS = [
     ("block-sparse, block 128, 128-row tiles, 2 stages", lambda: sparse(128, 128, 8, 2)),
     ("Gluon, block-sparse, D = 128", lambda: gluon_attention(128, dense=False)),
     ("Gluon, dense, D = 64, ragged Lk, heavy-first order", lambda: gluon_attention(64, True, True, False)),
+    ("Gluon, LSE-cached search, block 64, D = 128", lambda: gluon_cached_search(128, 64)),
+    ("Gluon, LSE-cached search, block 128, D = 64, ragged Lk", lambda: gluon_cached_search(64, 128, False)),
 ]
 
 

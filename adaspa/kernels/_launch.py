@@ -177,26 +177,38 @@ def tma_eligible(*tensors: torch.Tensor, block_d: int) -> bool:
         if any(stride * x.element_size() % 16 for stride in x.stride()[:-1]):
             return False
     device = tensors[0].device
-    return interpreting() or (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9)
+    return interpreting() or (device.type == "cuda" and _compute_capability(device)[0] >= 9)
 
 
 def _triton_at_least(major: int, minor: int) -> bool:
     return tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (major, minor)
 
 
-def use_hopper_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int = 128) -> bool:
-    """True when the warp-specialized Gluon kernel (`adaspa/kernels/hopper.py`) runs these inputs.
+def hopper_eligible(q: torch.Tensor, *others: torch.Tensor) -> bool:
+    """True when the Gluon kernels (`hopper.py`, `hopper_search.py`) can run these `[B, H, L, D]` inputs.
 
     That is: a CUDA tensor on a compute-capability 9.x GPU (Hopper), Triton >= 3.6 (the Gluon
-    API it is written against), float16 / bfloat16, D of 64 or 128, strides the copy engine
-    accepts, and a block size of 128 (dense attention passes 128, its tile height). Anything
-    else runs the Triton kernels, which handle every supported input. `ADASPA_GLUON=0`
-    turns the Gluon path off (A/B runs, and tests of the Triton kernels on a Hopper GPU).
+    API they are written against), float16 / bfloat16, D of 64 or 128, and strides the copy
+    engine accepts. `ADASPA_GLUON=0` turns the Gluon path off (A/B runs, and tests of the
+    Triton kernels on a Hopper GPU).
     """
     return (os.environ.get("ADASPA_GLUON", "1") != "0" and not interpreting() and q.device.type == "cuda"
-            and block_size == 128 and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
+            and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
             and _triton_at_least(3, 6) and _compute_capability(q.device)[0] == 9
-            and tma_eligible(q, k, v, block_d=q.shape[-1]))
+            and tma_eligible(q, *others, block_d=q.shape[-1]))
+
+
+def use_hopper_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int = 128) -> bool:
+    """True when the warp-specialized attention kernel (`adaspa/kernels/hopper.py`) runs these inputs:
+    `hopper_eligible`, and a block size of 128 (dense attention passes 128, its tile height).
+    Anything else runs the Triton kernels, which handle every supported input."""
+    return block_size == 128 and hopper_eligible(q, k, v)
+
+
+def use_hopper_search(q: torch.Tensor, k: torch.Tensor, block_size: int) -> bool:
+    """True when the warp-specialized LSE-cached search (`adaspa/kernels/hopper_search.py`) runs
+    these inputs: `hopper_eligible`, and a block size of 64 or 128."""
+    return block_size in (64, 128) and hopper_eligible(q, k)
 
 
 @functools.lru_cache(maxsize=None)

@@ -275,10 +275,16 @@ _attention_tuned = triton.autotune(
 
 def _launch(q, k, v, *, block_size, scale, with_mass, config=None):
     """Dense attention or (with_mass) the fused search, autotuned or (tests) with one given
-    `triton.Config` of `_ATTENTION_CONFIGS`."""
+    `triton.Config` of `_ATTENTION_CONFIGS`. Dense attention without a config goes to the Gluon
+    kernel where `use_hopper_kernel` says so (mass is then None)."""
     shape = check_attention_inputs(q, k, v)
     check_kernel_inputs(q, shape.head_dim)
     scale = resolve_scale(scale, shape.head_dim)
+    if not with_mass and config is None and use_hopper_kernel(q, k, v):
+        from .hopper import hopper_attention
+
+        out, lse = hopper_attention(q, k, v, scale=scale)
+        return out, lse, None
     B, H, LQ, LK, D = shape
     if with_mass:
         check_block_tiles_fit(q.dtype, D, block_size)
@@ -331,12 +337,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale=None):
         >>> out.shape, lse.shape
         (torch.Size([1, 2, 200, 64]), torch.Size([1, 2, 200]))
     """
-    shape = check_attention_inputs(q, k, v)
-    check_kernel_inputs(q, shape.head_dim)
-    if use_hopper_kernel(q, k, v):
-        from .hopper import hopper_attention
-
-        return hopper_attention(q, k, v, scale=resolve_scale(scale, shape.head_dim))
     out, lse, _ = _launch(q, k, v, block_size=64, scale=scale, with_mass=False)
     return out, lse
 

@@ -20,7 +20,7 @@ import triton.language as tl
 from .._validation import check_attention_inputs, check_block_size, num_blocks, require_lse, resolve_scale
 from ._launch import (LOG2E, SMEM_BUDGET, check_block_tiles_fit, check_kernel_block_size, check_kernel_inputs, dot,
                       dot_precision, fixed_config, key_tile_fits, load_q_tile, load_rows, padded_head_dim, row_tiles,
-                      set_tile_rows, smem_estimate, strides4, tma_eligible, use_autotune)
+                      set_tile_rows, smem_estimate, strides4, tma_eligible, use_autotune, use_hopper_search)
 
 
 @triton.jit
@@ -174,7 +174,8 @@ def block_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, block_siz
 
 
 def _block_mass(q, k, lse, *, block_size, scale, config=None):
-    """`block_mass`, autotuned or (tests) with one given `triton.Config` of `_MASS_CONFIGS`."""
+    """`block_mass`, autotuned or (tests) with one given `triton.Config` of `_MASS_CONFIGS`; without a
+    config, the Gluon kernel where `use_hopper_search` says so."""
     require_lse(lse)
     shape = check_attention_inputs(q, k, lse=lse)
     check_block_size(block_size)
@@ -182,6 +183,10 @@ def _block_mass(q, k, lse, *, block_size, scale, config=None):
     check_kernel_inputs(q, shape.head_dim)
     check_block_tiles_fit(q.dtype, shape.head_dim, block_size)
     scale = resolve_scale(scale, shape.head_dim)
+    if config is None and use_hopper_search(q, k, block_size):
+        from .hopper_search import hopper_block_mass
+
+        return hopper_block_mass(q, k, lse, block_size=block_size, scale=scale)
     B, H, LQ, LK, D = shape
     nq, nk = num_blocks(LQ, block_size), num_blocks(LK, block_size)
     block_d = padded_head_dim(D)
