@@ -95,7 +95,7 @@ def sparse(block_n, bs, warps, stages, even_k=True):
     return resources(block_sparse._block_sparse_attention_fwd_kernel, signature, constants, warps, stages)
 
 
-def gluon_attention(head_dim, dense, ordered=False, even_k=True):
+def gluon_attention(head_dim, dense, ordered=False, even_k=True, mass_bs=None):
     from triton.experimental.gluon import language as gl
 
     from adaspa.kernels import hopper
@@ -105,8 +105,10 @@ def gluon_attention(head_dim, dense, ordered=False, even_k=True):
 
     signature = {"q_desc": gluon_tiles(64), "k_desc": gluon_tiles(128), "v_desc": gluon_tiles(128),
                  "o_desc": gluon_tiles(64), "LSE": "*fp32", "INDICES": "*i32", "COUNTS": "*i32", "ORDER": "*i32",
-                 **ints("H", "LQ", "LK", "NQB", "MAX_KEPT"), "qk_scale": "fp32"}
-    constants = dict(HEAD_D=head_dim, DENSE=dense, ORDERED=ordered, EVEN_K=even_k)
+                 **ints("H", "LQ", "LK", "NQB", "MAX_KEPT"), "qk_scale": "fp32", "MASS": "*fp32", "SCRATCH": "*fp32",
+                 "LOCKS": "*i32", **ints("N_SLOTS", "MASS_NQB", "NKB")}
+    constants = dict(HEAD_D=head_dim, DENSE=dense, ORDERED=ordered, EVEN_K=even_k, WITH_MASS=mass_bs is not None,
+                     BS=mass_bs or 128)
     return resources(hopper._attention_ws_fwd_kernel, signature, constants, 4, maxnreg=hopper.MAXNREG)
 
 
@@ -135,6 +137,8 @@ ROWS = [
     ("block-sparse, block 128, 128-row tiles, 2 stages", lambda: sparse(128, 128, 8, 2)),
     ("Gluon, block-sparse, D = 128", lambda: gluon_attention(128, dense=False)),
     ("Gluon, dense, D = 64, ragged Lk, heavy-first order", lambda: gluon_attention(64, True, True, False)),
+    ("Gluon, fused search, block 64, D = 128", lambda: gluon_attention(128, True, mass_bs=64)),
+    ("Gluon, fused search, block 128, D = 64, ragged Lk", lambda: gluon_attention(64, True, even_k=False, mass_bs=128)),
     ("Gluon, LSE-cached search, block 64, D = 128", lambda: gluon_cached_search(128, 64)),
     ("Gluon, LSE-cached search, block 128, D = 64, ragged Lk", lambda: gluon_cached_search(64, 128, False)),
 ]

@@ -9,9 +9,10 @@ Inputs are float16 / bfloat16 / float32 CUDA tensors of any strides with D <= 25
 sizes 16, 32, 64 or 128 (float32 with D > 128 only at block sizes <= 64 in the three block
 ops: 128-row float32 tiles of that D exceed shared memory). CPU tensors run under Triton's
 interpreter when `TRITON_INTERPRET=1` (slow; for tests), else raise. On Hopper GPUs,
-`attention` and `block_sparse_attention` at block size 128 run a warp-specialized Gluon
-kernel for float16 / bfloat16 inputs with D of 64 or 128 (`hopper.py`; `ADASPA_GLUON=0`
-turns it off). docs/kernels.md explains the kernels.
+`attention`, `block_sparse_attention` at block size 128 and both searches at block sizes
+64 and 128 run warp-specialized Gluon kernels for float16 / bfloat16 inputs with D of 64
+or 128 (`hopper.py`, `hopper_search.py`; `ADASPA_GLUON=0` turns them off).
+docs/kernels.md explains the kernels.
 
 Example:
     >>> import torch

@@ -1,4 +1,4 @@
-"""Warp-specialized attention for Hopper (sm_90), written in Gluon: dense and block-sparse.
+"""Warp-specialized attention for Hopper (sm_90), written in Gluon: dense, block-sparse and the fused search.
 
 Why a second kernel. The Triton kernels run the softmax of a key tile and its two matrix
 products one after the other: Triton 3.6 waits on every `tl.dot` whose result the next
@@ -14,18 +14,24 @@ a tile's exp2 runs (docs/kernel-tuning.md). Gluon exposes what FlashAttention-3 
   runs its softmax while the other's products run (ping-pong, left to the warp scheduler).
 
 One program is one (batch, head, 128-row query block); dense attention is the same loop
-over every key block. Measured on an H100 at L = 118784 (docs/benchmarks.md, kernel v6):
-dense 1.016x SDPA-cuDNN in the sweep (0.98-1.09x over three runs), against 0.855x for the
-Triton kernel; block-sparse at block 128 576-664 TFLOP/s effective at densities 0.05-1,
-against 437-479.
+over every key block. With `WITH_MASS` (dense only) it is also the fused search: per tile
+each consumer stores `log2(row sum) + running max` of every key block into a scratch slot
+the program holds, and after the loop sums `exp2(stored - lse2)` over its rows into the
+block mass (the one-pass scheme of the Triton kernel, `flash_fwd.py`).
 
-When it runs (`_launch.use_hopper_kernel`): a CUDA tensor on a compute-capability 9.x
-GPU, Triton >= 3.6, float16 / bfloat16, D of 64 or 128, strides the copy engine accepts
-(`_launch.tma_eligible`), and for block-sparse attention a block size of 128. At block 64 this loop measured no faster
-than the Triton kernel (every 64-key tile is a separate random read, ~64 FLOP per byte of
-K / V, and the L2 cannot feed more: docs/kernel-tuning.md), so block 64 stays on Triton,
-as do fp32, other head dims, the interpreter and other GPUs. `ADASPA_GLUON=0` turns this
-path off (A/B runs; tests run both).
+Measured on an H100 at L = 118784 (docs/benchmarks.md, kernels v6 and v7): dense 1.01-1.02x
+SDPA-cuDNN throughput in the sweeps, against 0.855x for the Triton kernel; block-sparse at
+block 128 564-670 TFLOP/s effective at densities 0.05-1, against 437-479; the fused search
+1.125x / 1.066x SDPA-cuDNN time at block 64 / 128, against 1.298x / 1.302x.
+
+When it runs (`_launch.use_hopper_kernel`, `use_hopper_fused_search`): a CUDA tensor on a
+compute-capability 9.x GPU, Triton >= 3.6, float16 / bfloat16, D of 64 or 128, strides the
+copy engine accepts (`_launch.tma_eligible`); block size 128 for block-sparse attention,
+64 or 128 for the fused search. At block 64 the block-sparse loop measured no faster than
+the Triton kernel (every 64-key tile is a separate random read, ~64 FLOP per byte of K / V,
+and the L2 cannot feed more: docs/kernel-tuning.md), so it stays on Triton, as do fp32,
+other head dims, the interpreter and other GPUs. `ADASPA_GLUON=0` turns this path off (A/B
+runs; tests run both).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ._launch import LOG2E
+from ._launch import LOG2E, scratch_slots
 
 #: Query rows per consumer warpgroup (one wgmma M tile of 4 warps); a program has two.
 WG_ROWS = gl.constexpr(64)
@@ -106,11 +112,64 @@ def _mask_keys(b_s, o_col, INDICES, i_row, it, LK, MAX_KEPT, DENSE: gl.constexpr
 
 
 @gluon.jit
+def _store_block_sums(b_pf, b_m, p_rows, kb_first, NKB, BS: gl.constexpr):
+    """Fused search: store `log2(row sum) + m` of the tile's key blocks into the scratch slot
+    (`p_rows + kb * BLOCK` addresses this consumer's 64 rows of key block kb); returns the
+    tile's row sums for the softmax. `exp2(stored - lse2)` is then the block's share of a row."""
+    rows_s: gl.constexpr = b_m.type.layout
+    o_r = gl.arange(0, WG_ROWS, layout=rows_s)
+    if BS == BLOCK:
+        b_rows = gl.sum(b_pf, axis=1)
+        gl.store(p_rows + kb_first * BLOCK + o_r, gl.log2(b_rows) + b_m)
+    else:
+        # Two 64-key blocks per tile: [64, 128] -> [64, 2, 64] -> two [64].
+        b_lo, b_hi = gl.split(gl.sum(gl.reshape(b_pf, [WG_ROWS, 2, BLOCK // 2]), axis=2))
+        b_lo = gl.convert_layout(b_lo, rows_s)
+        b_hi = gl.convert_layout(b_hi, rows_s)
+        gl.store(p_rows + kb_first * BLOCK + o_r, gl.log2(b_lo) + b_m)
+        gl.store(p_rows + (kb_first + 1) * BLOCK + o_r, gl.log2(b_hi) + b_m, mask=kb_first + 1 < NKB)
+        b_rows = b_lo + b_hi
+    return b_rows
+
+
+@gluon.jit
+def _sum_slot_into_mass(p_rows, b_lse2, MASS, i_bh, row0, MASS_NQB, NKB, BS: gl.constexpr):
+    """Fused search epilogue: `mass[p, c] += sum over this consumer's rows of exp2(stored - lse2)`.
+
+    Key blocks go GROUP at a time through a `[64, GROUP]` tile, one reduction across the
+    warps per group. At block 64 the rows are one query block (a plain store); at block 128
+    the two consumers' halves are added into a zeroed `mass` (two addends onto zero: the
+    result does not depend on their order)."""
+    GROUP: gl.constexpr = 8
+    sums_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                          instr_shape=[16, GROUP, 16])
+    o_r = gl.arange(0, WG_ROWS, layout=gl.SliceLayout(1, sums_layout))
+    o_g = gl.arange(0, GROUP, layout=gl.SliceLayout(0, sums_layout))
+    b_lse2 = gl.convert_layout(b_lse2, gl.SliceLayout(1, sums_layout))
+    i_qb = row0 // BS
+    p_mass = MASS + (i_bh.to(gl.int64) * MASS_NQB + i_qb) * NKB
+    # The slot's values were stored by other threads of this warpgroup.
+    gl.thread_barrier()
+    for kb0 in range(0, NKB, GROUP):
+        m_kb = kb0 + o_g < NKB
+        b_v = gl.load(p_rows + (kb0 + o_g)[None, :] * BLOCK + o_r[:, None], mask=m_kb[None, :], other=float("-inf"))
+        b_mass = gl.sum(gl.exp2(b_v - b_lse2[:, None]), axis=0)
+        if BS == BLOCK:
+            gl.atomic_add(p_mass + kb0 + o_g, b_mass, mask=m_kb & (i_qb < MASS_NQB))
+        else:
+            gl.store(p_mass + kb0 + o_g, b_mass, mask=m_kb & (i_qb < MASS_NQB))
+    # Every read of the slot is done before the lock is released.
+    gl.thread_barrier()
+
+
+@gluon.jit
 def _consume(o_desc, q_rows, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty, LSE, INDICES, COUNTS,
-             i_row, i_b, i_h, i_bh, row0, LQ, LK, MAX_KEPT, qk_scale,
-             HEAD_D: gl.constexpr, DENSE: gl.constexpr, EVEN_K: gl.constexpr):
+             i_row, i_b, i_h, i_bh, row0, LQ, LK, MAX_KEPT, qk_scale, MASS, p_rows, LOCK, MASS_NQB, NKB,
+             HEAD_D: gl.constexpr, DENSE: gl.constexpr, EVEN_K: gl.constexpr, WITH_MASS: gl.constexpr,
+             BS: gl.constexpr):
     """Consumer warpgroup: online softmax of its 64 query rows over the kept key tiles,
-    then O (through its Q tile and the copy engine) and the LSE."""
+    then O (through its Q tile and the copy engine) and the LSE; with WITH_MASS (dense only)
+    also its share of the block mass, through its rows `p_rows` of a scratch slot."""
     dtype: gl.constexpr = q_rows.dtype
     # Accumulator layouts of the two products (wgmma, 4 warps along M) and P as the
     # register operand of the second, which the compiler reads in place from S's registers.
@@ -142,7 +201,10 @@ def _consume(o_desc, q_rows, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v
         b_s = _mask_keys(b_s, o_col, INDICES, i_row, 0, LK, MAX_KEPT, DENSE, EVEN_K)
         b_m = gl.max(b_s, axis=1) * qk_scale
         b_pf = gl.exp2(b_s * qk_scale - b_m[:, None])
-        b_l = gl.sum(b_pf, axis=1)
+        if WITH_MASS:
+            b_l = _store_block_sums(b_pf, b_m, p_rows, 0, NKB, BS)
+        else:
+            b_l = gl.sum(b_pf, axis=1)
         b_p = gl.convert_layout(b_pf.to(dtype), p_layout)
 
     for it in range(1, n_kept):
@@ -162,7 +224,10 @@ def _consume(o_desc, q_rows, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v
         b_m_new = gl.maximum(b_m, gl.max(b_s, axis=1) * qk_scale)
         b_alpha = gl.exp2(b_m - b_m_new)
         b_pf = gl.exp2(b_s * qk_scale - b_m_new[:, None])
-        b_l = b_l * b_alpha + gl.sum(b_pf, axis=1)
+        if WITH_MASS:
+            b_l = b_l * b_alpha + _store_block_sums(b_pf, b_m_new, p_rows, it * (BLOCK // BS), NKB, BS)
+        else:
+            b_l = b_l * b_alpha + gl.sum(b_pf, axis=1)
         b_m = b_m_new
         b_acc, b_p = warpgroup_mma_wait(0, deps=(o_token, b_p))
         mbarrier.arrive(v_empty.index(prev), count=1)
@@ -181,6 +246,11 @@ def _consume(o_desc, q_rows, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v
     b_lse = gl.where(m_live, (b_m + gl.log2(b_l_safe)) * 0.6931471805599453, float("-inf"))
     o_row = row0 + gl.arange(0, WG_ROWS, layout=rows_s)
     gl.store(LSE + i_bh.to(gl.int64) * LQ + o_row, b_lse, mask=o_row < LQ)
+    if WITH_MASS:
+        # log2-domain LSE; +inf past Lq so those rows add 0.
+        _sum_slot_into_mass(p_rows, gl.where(o_row < LQ, b_m + gl.log2(b_l_safe), float("inf")), MASS, i_bh, row0,
+                            MASS_NQB, NKB, BS)
+        gl.atomic_add(LOCK, -1)
     # Only this warpgroup's finished wgmmas read its Q tile, so the tile can hold O; the
     # copy engine clips rows past Lq.
     b_q.store(b_out.to(dtype))
@@ -191,10 +261,16 @@ def _consume(o_desc, q_rows, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v
 
 @gluon.jit
 def _attention_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, LSE, INDICES, COUNTS, ORDER,
-                             H, LQ, LK, NQB, MAX_KEPT, qk_scale,
-                             HEAD_D: gl.constexpr, DENSE: gl.constexpr, ORDERED: gl.constexpr, EVEN_K: gl.constexpr):
+                             H, LQ, LK, NQB, MAX_KEPT, qk_scale, MASS, SCRATCH, LOCKS, N_SLOTS, MASS_NQB, NKB,
+                             HEAD_D: gl.constexpr, DENSE: gl.constexpr, ORDERED: gl.constexpr, EVEN_K: gl.constexpr,
+                             WITH_MASS: gl.constexpr, BS: gl.constexpr):
     """Program `pid` handles mask row `ORDER[pid]` (or `pid`) of the flattened `[B * H * nq]`
-    rows, i.e. one 128-row query block: Q, then the partitions."""
+    rows, i.e. one 128-row query block: Q, then the partitions.
+
+    WITH_MASS (the fused search, dense only): the program first takes a free slot of SCRATCH
+    (`N_SLOTS` slots of `[NKB, 128]` floats; spin lock per slot in LOCKS, zero when free, set to
+    2 and counted down by each consumer when it has read its rows), and adds its block mass,
+    `[MASS_NQB, NKB]` blocks of BS tokens per (batch, head), into MASS."""
     dtype: gl.constexpr = q_desc.dtype
     pid = gl.program_id(0)
     if ORDERED:
@@ -205,6 +281,15 @@ def _attention_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, LSE, INDICES, COUNT
     i_p = i_row % NQB
     i_b = i_bh // H
     i_h = i_bh % H
+
+    if WITH_MASS:
+        slot = pid % N_SLOTS
+        while gl.atomic_cas(LOCKS + slot, 0, 2) != 0:
+            slot = (slot + 1) % N_SLOTS
+        p_rows = SCRATCH + slot.to(gl.int64) * NKB * BLOCK
+    else:
+        slot = 0
+        p_rows = SCRATCH
 
     # Two [1, 1, 64, D] Q tiles (one per consumer; each later holds that consumer's O) and
     # the K / V ring of [1, 1, 128, D] tiles; tiles as the copy engine writes them.
@@ -231,10 +316,11 @@ def _attention_ws_fwd_kernel(q_desc, k_desc, v_desc, o_desc, LSE, INDICES, COUNT
     # constexprs would become tensors.
     gl.warp_specialize([
         (_consume, (o_desc, q_smem.index(0), k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty, LSE, INDICES,
-                    COUNTS, i_row, i_b, i_h, i_bh, i_p * BLOCK, LQ, LK, MAX_KEPT, qk_scale, HEAD_D, DENSE, EVEN_K)),
+                    COUNTS, i_row, i_b, i_h, i_bh, i_p * BLOCK, LQ, LK, MAX_KEPT, qk_scale, MASS, p_rows, LOCKS + slot,
+                    MASS_NQB, NKB, HEAD_D, DENSE, EVEN_K, WITH_MASS, BS)),
         (_consume, (o_desc, q_smem.index(1), k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty, LSE, INDICES,
-                    COUNTS, i_row, i_b, i_h, i_bh, i_p * BLOCK + WG_ROWS, LQ, LK, MAX_KEPT, qk_scale, HEAD_D, DENSE,
-                    EVEN_K)),
+                    COUNTS, i_row, i_b, i_h, i_bh, i_p * BLOCK + WG_ROWS, LQ, LK, MAX_KEPT, qk_scale, MASS,
+                    p_rows + WG_ROWS, LOCKS + slot, MASS_NQB, NKB, HEAD_D, DENSE, EVEN_K, WITH_MASS, BS)),
         (_produce_kv, (k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, INDICES, COUNTS, i_row, i_b,
                        i_h, LK, MAX_KEPT, DENSE)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -269,6 +355,36 @@ def hopper_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=Non
         >>> out.shape, lse.shape
         (torch.Size([1, 2, 300, 128]), torch.Size([1, 2, 300]))
     """
+    out, lse, _ = _launch_ws(q, k, v, mask, scale=scale, order=order, mass_block_size=None)
+    return out, lse
+
+
+def hopper_attention_with_block_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_size: int,
+                                     scale: float):
+    """Fused search through the warp-specialized kernel: dense out, LSE and the block mass in one pass.
+
+    Inputs are checked by the caller (`adaspa.kernels.attention_with_block_mass`) and must pass
+    `_launch.use_hopper_fused_search`.
+
+    Args:
+        q: `[B, H, Lq, D]`; k, v: `[B, H, Lk, D]`, float16 / bfloat16, D in (64, 128).
+        block_size: 64 or 128, the mass's block size.
+        scale: softmax scale.
+
+    Returns:
+        out `[B, H, Lq, D]` in q's dtype, lse float32 `[B, H, Lq]`, mass float32 `[B, H, nq, nk]`.
+
+    Example:
+        >>> q = k = v = torch.randn(1, 2, 300, 128, device="cuda", dtype=torch.bfloat16)
+        >>> out, lse, mass = hopper_attention_with_block_mass(q, k, v, block_size=64, scale=128 ** -0.5)
+        >>> mass.shape
+        torch.Size([1, 2, 5, 5])
+    """
+    return _launch_ws(q, k, v, None, scale=scale, order=None, mass_block_size=block_size)
+
+
+def _launch_ws(q, k, v, mask, *, scale, order, mass_block_size):
+    """Launch `_attention_ws_fwd_kernel`: dense, block-sparse (a mask) or the fused search (a mass block size)."""
     B, H, LQ, D = q.shape
     LK = k.shape[2]
     nq = triton.cdiv(LQ, BLOCK.value)
@@ -280,10 +396,21 @@ def hopper_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=Non
     else:
         indices, counts = mask.indices.contiguous(), mask.counts.contiguous()
         max_kept = indices.shape[-1]
+    if mass_block_size is None:
+        mass = scratch = locks = lse  # unused by the kernel
+        n_slots = mass_nq = nk = 0
+    else:
+        mass_nq, nk = triton.cdiv(LQ, mass_block_size), triton.cdiv(LK, mass_block_size)
+        # Block 128 adds the two consumers' halves of each entry, so it starts from zeros.
+        mass = (torch.zeros if mass_block_size == BLOCK.value else torch.empty)(B, H, mass_nq, nk, device=q.device,
+                                                                                dtype=torch.float32)
+        scratch, locks, slot_rows = scratch_slots(q.device, nk)
+        n_slots = slot_rows // BLOCK.value
     _attention_ws_fwd_kernel[(B * H * nq, )](
         _row_tiles(q, WG_ROWS.value), _row_tiles(k, BLOCK.value), _row_tiles(v, BLOCK.value),
         _row_tiles(out, WG_ROWS.value), lse, indices, counts, counts if order is None else order,
-        H, LQ, LK, nq, max_kept, scale * LOG2E,
+        H, LQ, LK, nq, max_kept, scale * LOG2E, mass, scratch, locks, n_slots, mass_nq, nk,
         HEAD_D=D, DENSE=mask is None, ORDERED=order is not None, EVEN_K=LK % BLOCK.value == 0,
+        WITH_MASS=mass_block_size is not None, BS=mass_block_size or BLOCK.value,
         num_warps=4, maxnreg=MAXNREG)
-    return out, lse
+    return out, lse, mass
