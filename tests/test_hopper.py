@@ -203,6 +203,20 @@ def test_cached_search_matches_oracle(search_calls, dtype, dim, seq_major, q_len
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("lse_dtype", [torch.bfloat16, torch.float64])
+def test_cached_search_reads_any_float_lse(search_calls, lse_dtype):
+    """An LSE of another floating dtype is read as float32, as the Triton kernel reads it."""
+    from adaspa import kernels
+
+    q, k, v = _qkv(1, 2, 300, 400, 128, torch.bfloat16, False, seed=6)
+    _, (_, r_lse) = oracle_and_reference(reference.attention, q, k, v)
+    lse = r_lse.to(lse_dtype)
+    o_mass, r_mass = oracle_and_reference(reference.block_mass, q, k, lse, block_size=64)
+    assert_close(kernels.block_mass(q, k, lse, block_size=64), o_mass, r_mass, name=f"mass, {lse_dtype} lse")
+    assert search_calls == [64]
+
+
+@pytest.mark.gpu
 def test_cached_search_triton_path_when_turned_off(search_calls, monkeypatch):
     from adaspa import kernels
 

@@ -86,7 +86,7 @@ def _consume_mass(q_rows, k_smem, q_bar, k_ready, k_empty, LSE, MASS, i_bh, i_b,
     b_lse = gl.load(LSE + i_b.to(gl.int64) * stride_lb + i_h.to(gl.int64) * stride_lh + o_row.to(gl.int64) * stride_lm,
                     mask=o_row < LQ, other=0.0)
     # log2-domain LSE; +inf past Lq so those rows add 0.
-    b_lse2 = gl.where(o_row < LQ, b_lse * 1.4426950408889634, float("inf"))
+    b_lse2 = gl.where(o_row < LQ, b_lse.to(gl.float32) * 1.4426950408889634, float("inf"))
     i_qb = row0 // BS
     p_mass = MASS + (i_bh.to(gl.int64) * NQB + i_qb) * NKB
     # [TILE, TILE]; S is written with use_acc=False, so this only gives its layout.
@@ -175,7 +175,8 @@ def hopper_block_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, bl
 
     Args:
         q: `[B, H, Lq, D]`; k: `[B, H, Lk, D]`, float16 / bfloat16, D in (64, 128).
-        lse: float32 `[B, H, Lq]` natural-log LSE of the same rows, any strides.
+        lse: `[B, H, Lq]` natural-log LSE of the same rows, any floating dtype (read as
+            float32), any strides.
         block_size: 64 or 128.
         scale: softmax scale.
 
