@@ -168,6 +168,16 @@ def _count_calls(monkeypatch, module_name, function_name):
     return calls
 
 
+#: The searches' shapes: ragged Lq and Lk, D of 64 and 128, both dtypes and layouts, and
+#: Lq = 40, where a program's last consumers hold no rows.
+SEARCH_CASES = pytest.mark.parametrize("dtype, dim, seq_major, q_len, kv_len", [
+    (torch.bfloat16, 128, True, 1000, 1000),
+    (torch.bfloat16, 128, False, 777, 1500),
+    (torch.float16, 64, True, 300, 2049),
+    (torch.float16, 128, False, 40, 640),
+])
+
+
 @pytest.fixture
 def search_calls(monkeypatch):
     return _count_calls(monkeypatch, "hopper_search", "hopper_block_mass")
@@ -179,12 +189,7 @@ def fused_calls(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype, dim, seq_major, q_len, kv_len", [
-    (torch.bfloat16, 128, True, 1000, 1000),
-    (torch.bfloat16, 128, False, 777, 1500),
-    (torch.float16, 64, True, 300, 2049),
-    (torch.float16, 128, False, 40, 640),
-])
+@SEARCH_CASES
 @pytest.mark.parametrize("block_size", [64, 128])
 def test_cached_search_matches_oracle(search_calls, dtype, dim, seq_major, q_len, kv_len, block_size):
     """Ragged Lq and Lk, programs whose last consumers lie past Lq, and an LSE with strides
@@ -234,12 +239,7 @@ def test_cached_search_triton_path_when_turned_off(search_calls, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype, dim, seq_major, q_len, kv_len", [
-    (torch.bfloat16, 128, True, 1000, 1000),
-    (torch.bfloat16, 128, False, 777, 1500),
-    (torch.float16, 64, True, 300, 2049),
-    (torch.float16, 128, False, 40, 640),
-])
+@SEARCH_CASES
 @pytest.mark.parametrize("block_size", [64, 128])
 def test_fused_search_matches_oracle(fused_calls, dtype, dim, seq_major, q_len, kv_len, block_size):
     """out, lse and mass match the oracle; ragged Lq and Lk, an odd number of 64-blocks in the
