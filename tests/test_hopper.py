@@ -135,18 +135,29 @@ def test_triton_path_when_turned_off(hopper_calls, monkeypatch):
 
     q, k, v = _qkv(1, 2, 500, 500, 128, torch.bfloat16, True, seed=3)
     mask = _random_mask(1, 2, 500, 500, keep=0.5, seed=3)
-    monkeypatch.setenv("ADASPA_GLUON", "0")
-    triton_out, triton_lse = kernels.block_sparse_attention(q, k, v, mask)
-    assert hopper_calls == []
-    monkeypatch.setenv("ADASPA_GLUON", "1")
-    out, lse = kernels.block_sparse_attention(q, k, v, mask)
+    paths = _gluon_and_triton(monkeypatch, hopper_calls, lambda: kernels.block_sparse_attention(q, k, v, mask))
     assert hopper_calls == [False]
-    (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
-    for name, a in (("gluon", out), ("triton", triton_out)):
-        assert_close(a, o_out, r_out, name=f"{name} out")
-    for name, a in (("gluon", lse), ("triton", triton_lse)):
-        assert_close(a, o_lse, r_lse, name=f"{name} lse")
+    _assert_paths_close(paths, ("out", "lse"),
+                        *oracle_and_reference(reference.block_sparse_attention, q, k, v, mask))
 
+
+def _gluon_and_triton(monkeypatch, calls, run):
+    """`(gluon, triton)`: `run()` with `ADASPA_GLUON=1` (one call reaches the Gluon kernel,
+    recorded in `calls`) and with `ADASPA_GLUON=0` (none does)."""
+    monkeypatch.setenv("ADASPA_GLUON", "0")
+    triton_result = run()
+    assert calls == []
+    monkeypatch.setenv("ADASPA_GLUON", "1")
+    gluon_result = run()
+    assert len(calls) == 1
+    return gluon_result, triton_result
+
+
+def _assert_paths_close(paths, names, oracle, ref):
+    """Both paths' results (tuples named `names`) against the oracle's and reference's tuples."""
+    for path, results in zip(("gluon", "triton"), paths):
+        for name, got, o, r in zip(names, results, oracle, ref):
+            assert_close(got, o, r, name=f"{path} {name}")
 
 
 def _count_calls(monkeypatch, module_name, function_name):
@@ -227,15 +238,10 @@ def test_cached_search_triton_path_when_turned_off(search_calls, monkeypatch):
 
     q, k, v = _qkv(1, 2, 500, 700, 128, torch.bfloat16, True, seed=4)
     _, (_, r_lse) = oracle_and_reference(reference.attention, q, k, v)
-    o_mass, r_mass = oracle_and_reference(reference.block_mass, q, k, r_lse, block_size=64)
-    monkeypatch.setenv("ADASPA_GLUON", "0")
-    triton_mass = kernels.block_mass(q, k, r_lse, block_size=64)
-    assert search_calls == []
-    monkeypatch.setenv("ADASPA_GLUON", "1")
-    mass = kernels.block_mass(q, k, r_lse, block_size=64)
+    paths = _gluon_and_triton(monkeypatch, search_calls, lambda: (kernels.block_mass(q, k, r_lse, block_size=64), ))
     assert search_calls == [64]
-    for name, m in (("gluon", mass), ("triton", triton_mass)):
-        assert_close(m, o_mass, r_mass, name=f"{name} mass")
+    o_mass, r_mass = oracle_and_reference(reference.block_mass, q, k, r_lse, block_size=64)
+    _assert_paths_close(paths, ("mass", ), (o_mass, ), (r_mass, ))
 
 
 @pytest.mark.gpu
@@ -263,13 +269,8 @@ def test_fused_search_triton_path_when_turned_off(fused_calls, monkeypatch):
     from adaspa import kernels
 
     q, k, v = _qkv(1, 2, 500, 700, 128, torch.bfloat16, True, seed=5)
-    o_all, r_all = oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=64)
-    monkeypatch.setenv("ADASPA_GLUON", "0")
-    triton_all = kernels.attention_with_block_mass(q, k, v, block_size=64)
-    assert fused_calls == []
-    monkeypatch.setenv("ADASPA_GLUON", "1")
-    gluon_all = kernels.attention_with_block_mass(q, k, v, block_size=64)
+    paths = _gluon_and_triton(monkeypatch, fused_calls,
+                              lambda: kernels.attention_with_block_mass(q, k, v, block_size=64))
     assert fused_calls == [64]
-    for path, results in (("gluon", gluon_all), ("triton", triton_all)):
-        for name, got, oracle, ref in zip(("out", "lse", "mass"), results, o_all, r_all):
-            assert_close(got, oracle, ref, name=f"{path} {name}")
+    _assert_paths_close(paths, ("out", "lse", "mass"),
+                        *oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=64))
