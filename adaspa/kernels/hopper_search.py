@@ -25,7 +25,8 @@ atomic add into a zeroed `mass`; two addends onto zero give the same float in ei
 so the result is deterministic.
 
 Measured on an H100 at L = 118784 (docs/benchmarks.md, kernel v7): 150 ms at block 64 and
-155 ms at block 128, against 170 / 177 ms for the Triton kernel in the same process. Choices
+155 ms at block 128, against 170 / 177 ms for the Triton kernel in the same process; in the
+benchmark sweep 0.514x / 0.531x SDPA-cuDNN time, against 0.561x / 0.582x. Choices
 measured and not kept (two score tiles in flight per consumer, three consumers, 128-key
 tiles, part of the exp2 on the FMA pipe) are in docs/kernel-tuning.md, "Kernel v7".
 """
