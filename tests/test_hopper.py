@@ -4,9 +4,8 @@ LSE-cached search (`hopper_search.py`).
 On a CPU (CI): they compile for sm_90a with the installed Triton, without spilling.
 On a Hopper GPU: `kernels.attention`, `kernels.block_sparse_attention`,
 `kernels.attention_with_block_mass` and `kernels.block_mass` dispatch to them for the inputs
-`_launch.use_hopper_kernel` / `use_hopper_fused_search` / `use_hopper_search` accept, and
-they match the float64 oracle by the 2x-own-error rule on awkward shapes, layouts, empty
-rows and the heavy-first order.
+`_launch.use_hopper_kernel` / `use_hopper_search` accept, and they match the float64 oracle
+by the 2x-own-error rule on awkward shapes, layouts, empty rows and the heavy-first order.
 """
 
 from __future__ import annotations

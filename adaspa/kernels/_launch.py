@@ -205,16 +205,11 @@ def use_hopper_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_s
     return block_size == 128 and hopper_eligible(q, k, v)
 
 
-def use_hopper_fused_search(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int) -> bool:
-    """True when the warp-specialized attention kernel also computes the fused search's block mass
-    (`hopper.hopper_attention_with_block_mass`): `hopper_eligible`, and a block size of 64 or 128."""
-    return block_size in (64, 128) and hopper_eligible(q, k, v)
-
-
-def use_hopper_search(q: torch.Tensor, k: torch.Tensor, block_size: int) -> bool:
-    """True when the warp-specialized LSE-cached search (`adaspa/kernels/hopper_search.py`) runs
-    these inputs: `hopper_eligible`, and a block size of 64 or 128."""
-    return block_size in (64, 128) and hopper_eligible(q, k)
+def use_hopper_search(q: torch.Tensor, *others: torch.Tensor, block_size: int) -> bool:
+    """True when a search runs in Gluon on these inputs: the fused search (`q, k, v`, in
+    `hopper.hopper_attention_with_block_mass`) or the LSE-cached search (`q, k`, in
+    `hopper_search.py`). That is `hopper_eligible`, and a block size of 64 or 128."""
+    return block_size in (64, 128) and hopper_eligible(q, *others)
 
 
 @functools.lru_cache(maxsize=None)

@@ -37,7 +37,7 @@ from .._validation import check_attention_inputs, check_block_size, num_blocks, 
 from ._launch import (LOG2E, SMEM_BUDGET, check_block_tiles_fit, check_kernel_block_size, check_kernel_inputs, dot,
                       dot_precision, fixed_config, key_tile_fits, load_q_tile, load_rows, padded_head_dim, row_tiles,
                       scratch_slots, set_tile_rows, smem_estimate, store_out_tile, strides4, tma_eligible, to_dtype,
-                      use_autotune, use_hopper_fused_search, use_hopper_kernel)
+                      use_autotune, use_hopper_kernel, use_hopper_search)
 from .search import fixed_tile
 
 
@@ -276,7 +276,7 @@ _attention_tuned = triton.autotune(
 def _launch(q, k, v, *, block_size, scale, with_mass, config=None):
     """Dense attention or (with_mass) the fused search, autotuned or (tests) with one given
     `triton.Config` of `_ATTENTION_CONFIGS`. Without a config, both go to the Gluon kernel where
-    `use_hopper_kernel` / `use_hopper_fused_search` say so (dense attention's mass is then None)."""
+    `use_hopper_kernel` / `use_hopper_search` say so (dense attention's mass is then None)."""
     shape = check_attention_inputs(q, k, v)
     check_kernel_inputs(q, shape.head_dim)
     scale = resolve_scale(scale, shape.head_dim)
@@ -285,7 +285,7 @@ def _launch(q, k, v, *, block_size, scale, with_mass, config=None):
 
         out, lse = hopper_attention(q, k, v, scale=scale)
         return out, lse, None
-    if config is None and with_mass and use_hopper_fused_search(q, k, v, block_size):
+    if config is None and with_mass and use_hopper_search(q, k, v, block_size=block_size):
         from .hopper import hopper_attention_with_block_mass
 
         return hopper_attention_with_block_mass(q, k, v, block_size=block_size, scale=scale)

@@ -24,7 +24,7 @@ SDPA-cuDNN throughput in the sweeps, against 0.855x for the Triton kernel; block
 block 128 564-670 TFLOP/s effective at densities 0.05-1, against 437-479; the fused search
 1.125x / 1.066x SDPA-cuDNN time at block 64 / 128, against 1.298x / 1.302x.
 
-When it runs (`_launch.use_hopper_kernel`, `use_hopper_fused_search`): a CUDA tensor on a
+When it runs (`_launch.use_hopper_kernel`, `use_hopper_search`): a CUDA tensor on a
 compute-capability 9.x GPU, Triton >= 3.6, float16 / bfloat16, D of 64 or 128, strides the
 copy engine accepts (`_launch.tma_eligible`); block size 128 for block-sparse attention,
 64 or 128 for the fused search. At block 64 the block-sparse loop measured no faster than
@@ -364,7 +364,7 @@ def hopper_attention_with_block_mass(q: torch.Tensor, k: torch.Tensor, v: torch.
     """Fused search through the warp-specialized kernel: dense out, LSE and the block mass in one pass.
 
     Inputs are checked by the caller (`adaspa.kernels.attention_with_block_mass`) and must pass
-    `_launch.use_hopper_fused_search`.
+    `_launch.use_hopper_search`.
 
     Args:
         q: `[B, H, Lq, D]`; k, v: `[B, H, Lk, D]`, float16 / bfloat16, D in (64, 128).

@@ -186,7 +186,7 @@ def _block_mass(q, k, lse, *, block_size, scale, config=None):
     check_kernel_inputs(q, shape.head_dim)
     check_block_tiles_fit(q.dtype, shape.head_dim, block_size)
     scale = resolve_scale(scale, shape.head_dim)
-    if config is None and use_hopper_search(q, k, block_size):
+    if config is None and use_hopper_search(q, k, block_size=block_size):
         from .hopper_search import hopper_block_mass
 
         return hopper_block_mass(q, k, lse, block_size=block_size, scale=scale)
