@@ -29,9 +29,11 @@ class BlockSparseMask:
             `nk = ceil(kv_len / block_size)`; the last block of each axis may be partial.
 
     The contents are trusted, not checked (checking device data would cost a host
-    sync): kept indices must be unique, in `[0, nk)`, and `counts <= max_kept`.
-    `from_dense`, `full` and `select_blocks` guarantee this; a hand-built mask that
-    breaks it gives the reference and the kernels different (wrong) answers.
+    sync): kept indices must be unique, sorted ascending, in `[0, nk)`, and
+    `counts <= max_kept`. `from_dense`, `full` and `select_blocks` guarantee this; a
+    hand-built mask that breaks it gives the reference and the kernels different (wrong)
+    answers (the block-sparse kernel's key ranges find their part of a row by counting
+    the indices below a bound, which needs the order).
 
     Example:
         >>> dense = torch.tensor([[[[True, False], [True, True]]]])   # [1, 1, 2, 2]

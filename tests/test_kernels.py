@@ -247,6 +247,58 @@ def test_heavy_first_order_gives_the_same_result():
     assert_close(ordered[1], oracle[1], ref[1], name="lse")
 
 
+@settings(max_examples=examples(10), suppress_health_check=[HealthCheck.too_slow])
+@given(shape=shapes(), block_size=BLOCKS, ranges=st.sampled_from([2, 3, 5]),
+       sparsity=st.sampled_from([0.0, 0.5, 0.8]), empty=st.sampled_from([0.0, 0.3]))
+def test_rows_split_by_key_range_match_oracle(shape, block_size, ranges, sparsity, empty):
+    """Rows cut into key ranges (the default at block 64 once a head's K / V outgrow L2, and
+    only on a GPU; forced here): each range's program resumes the previous one's softmax state,
+    with ranges that keep nothing, more ranges than key blocks, and empty rows. On a GPU the
+    two calls may autotune to different configs, so bitwise equality is checked per config in
+    tests/test_kernels_gpu.py."""
+    from adaspa.kernels.block_sparse import _block_sparse_attention
+
+    assume(block_ops_take(shape, block_size))
+    q, k, v = make_qkv(**shape)
+    mask = with_empty_rows(adaptive_mask(q, k, v, block_size, sparsity, 0, "first"), empty, shape["seed"])
+    oracle, ref = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+    out, lse = _block_sparse_attention(q, k, v, mask, ranges=ranges)
+    assert_close(out, oracle[0], ref[0], name="out")
+    assert_close(lse, oracle[1], ref[1], name="lse")
+    if not ON_GPU:
+        # Same blocks in the same order, the state through memory in fp32: the unsplit result, bit for bit.
+        whole = _block_sparse_attention(q, k, v, mask, ranges=1)
+        assert torch.equal(out, whole[0]) and torch.equal(lse, whole[1])
+
+
+def test_key_ranges_with_rows_longer_than_one_scan_chunk():
+    """A program finds its range's part of the kept list 256 slots at a time: rows of 260
+    kept blocks take two chunks."""
+    from adaspa.kernels.block_sparse import _block_sparse_attention
+
+    q, k, v = make_qkv(1, 1, 16, 4200, 16, torch.float16, False, 9)
+    keep = torch.ones(1, 1, 1, 263, dtype=torch.bool)
+    keep[..., ::97] = False  # 260 blocks
+    mask = BlockSparseMask.from_dense(keep.to(DEVICE), 16, 16, 4200)
+    assert mask.counts.min() > 256
+    oracle, ref = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+    for ranges in (2, 3):
+        out, lse = _block_sparse_attention(q, k, v, mask, ranges=ranges)
+        assert_close(out, oracle[0], ref[0], name=f"out, {ranges} ranges")
+        assert_close(lse, oracle[1], ref[1], name=f"lse, {ranges} ranges")
+
+
+def test_key_ranges_refused_with_heavy_first():
+    """Key ranges need ticket order; longest-first order is a different launch order."""
+    from adaspa.kernels.block_sparse import _block_sparse_attention
+
+    q, k, v = make_qkv(1, 1, 64, 64, 16, torch.float16, False, 1)
+    mask = BlockSparseMask.full(1, 1, 64, 64, 16, device=DEVICE)
+    for kwargs in (dict(ranges=0), dict(ranges=2, heavy_first=True)):
+        with pytest.raises(ValueError, match="ranges"):
+            _block_sparse_attention(q, k, v, mask, **kwargs)
+
+
 def rising_scores_qkv(dtype, length, dim=32):
     """q, k, v `[1, 2, length, dim]` whose scores rise ~3.8 (log2) per 64 keys, plus noise: the
     running max grows on every key tile, so every tile rescales the accumulator (random q, k
@@ -264,6 +316,8 @@ def rising_scores_qkv(dtype, length, dim=32):
 def test_scores_that_grow_along_the_keys(dtype):
     """Every tile rescales the accumulator (`rising_scores_qkv`), and the fused search stores
     each block's row sums against a different max."""
+    from adaspa.kernels.block_sparse import _block_sparse_attention
+
     dim, length, block_size = 32, 330, 16
     q, k, v = rising_scores_qkv(dtype, length, dim)
     # The ramp does what rising_scores_qkv says: the row max of row 0 grows from every 64-key
@@ -279,6 +333,10 @@ def test_scores_that_grow_along_the_keys(dtype):
         assert_close(a, o, r, name=name)
     mask = BlockSparseMask.full(1, 2, length, length, block_size, device=DEVICE)
     for name, a, o, r in zip(("sparse out", "sparse lse"), kernels().block_sparse_attention(q, k, v, mask),
+                             oracle, ref):
+        assert_close(a, o, r, name=name)
+    # Split into key ranges, each range's program starts from a state with a smaller max.
+    for name, a, o, r in zip(("ranges out", "ranges lse"), _block_sparse_attention(q, k, v, mask, ranges=3),
                              oracle, ref):
         assert_close(a, o, r, name=name)
 

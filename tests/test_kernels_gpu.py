@@ -190,3 +190,49 @@ def test_offsets_past_two_to_the_31():
         assert_close(a[:, tail], o_lse, r_lse, name=name)
     rows = mass[:, tail].sum(-1)
     assert torch.allclose(rows, torch.full_like(rows, 128.0), rtol=1e-3)
+
+
+def test_key_ranges_at_block_64():
+    """Rows split by key range (block 64, once a head's K / V outgrow half of L2): the rule,
+    every config at 2-4 ranges against the oracle and bit for bit against the unsplit
+    kernel, no host sync, and CUDA-graph replay (the ticket counter and flags start from
+    zero on every launch)."""
+    from adaspa.kernels import block_sparse
+    from adaspa.kernels.block_sparse import MAX_KEY_RANGES, MIN_KEPT_PER_RANGE, _block_sparse_attention, key_ranges
+
+    long_k = torch.empty(1, 1, 118784, 128, device="cuda", dtype=torch.bfloat16)  # 61 MB of K and V a head
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    if 2 * long_k[0, 0].nbytes > block_sparse.L2_SHARE * l2:
+        assert 1 < key_ranges(long_k, 64, 1856) <= MAX_KEY_RANGES
+    assert key_ranges(long_k, 64, 2 * MIN_KEPT_PER_RANGE - 1) == 1  # rows too short to split
+    assert key_ranges(long_k, 128, 1856) == 1
+    assert key_ranges(long_k[:, :, :4096], 64, 64) == 1
+
+    B, H, L, D = 1, 3, 2000, 128
+    q, k, v = qkv(B, H, L, D, seed=8)
+    _, _, r_mass = oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=64)[1]
+    mask = adaptive_mask(r_mass, L, 64, sparsity=0.5)
+    (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+    meta = dict(HEAD_D=D, BLOCK_D=D, BS=64, PRECISION="tf32", TMA=True)
+    for config in block_sparse._sparse_configs_prune(block_sparse._SPARSE_CONFIGS, {}, **meta):
+        whole = _block_sparse_attention(q, k, v, mask, ranges=1, config=config)
+        for ranges in (2, 3, 4):
+            out, lse = _block_sparse_attention(q, k, v, mask, ranges=ranges, config=config)
+            assert_close(out, o_out, r_out, name=f"out, {ranges} ranges, {config}")
+            assert_close(lse, o_lse, r_lse, name=f"lse, {ranges} ranges, {config}")
+            # Same blocks in the same order, the state through memory in fp32: bit for bit.
+            assert torch.equal(out, whole[0]) and torch.equal(lse, whole[1]), (ranges, config)
+    want = _block_sparse_attention(q, k, v, mask, ranges=3)  # autotuned; tuning syncs, so before the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = _block_sparse_attention(q, k, v, mask, ranges=3)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out, g_lse = _block_sparse_attention(q, k, v, mask, ranges=3)
+    for _ in range(2):
+        graph.replay()
+        assert torch.equal(g_out, want[0]) and torch.equal(g_lse, want[1])

@@ -11,7 +11,9 @@ ops: 128-row float32 tiles of that D exceed shared memory). CPU tensors run unde
 interpreter when `TRITON_INTERPRET=1` (slow; for tests), else raise. On Hopper GPUs,
 `attention`, `block_sparse_attention` at block size 128 and both searches at block sizes
 64 and 128 run warp-specialized Gluon kernels for float16 / bfloat16 inputs with D of 64
-or 128 (`hopper.py`, `hopper_search.py`; `ADASPA_GLUON=0` turns them off).
+or 128 (`hopper.py`, `hopper_search.py`; `ADASPA_GLUON=0` turns them off). At block size
+64, once a head's K and V outgrow half of the GPU's L2, `block_sparse_attention` splits
+each row into key ranges run range by range (`block_sparse.key_ranges`).
 docs/kernels.md explains the kernels.
 
 Example:

@@ -29,8 +29,9 @@ compute-capability 9.x GPU, Triton >= 3.6, float16 / bfloat16, D of 64 or 128, s
 copy engine accepts (`_launch.tma_eligible`); block size 128 for block-sparse attention,
 64 or 128 for the fused search. At block 64 the block-sparse loop measured no faster than
 the Triton kernel (every 64-key tile is a separate random read, ~64 FLOP per byte of K / V,
-and the L2 cannot feed more: docs/kernel-tuning.md), so it stays on Triton, as do fp32,
-other head dims, the interpreter and other GPUs. `ADASPA_GLUON=0` turns this path off (A/B
+and the L2 cannot feed more: docs/kernel-tuning.md), so it stays on Triton (with v8's key
+ranges a Gluon prototype also lost to it), as do fp32, other head dims, the interpreter
+and other GPUs. `ADASPA_GLUON=0` turns this path off (A/B
 runs; tests run both).
 """
 
