@@ -288,6 +288,30 @@ def test_key_ranges_with_rows_longer_than_one_scan_chunk():
         assert_close(lse, oracle[1], ref[1], name=f"lse, {ranges} ranges")
 
 
+def test_key_range_rule(monkeypatch):
+    """`ranges_for`: block 64 only, enough ranges that each fills at most half of L2, fewer for
+    short rows, at most MAX_KEY_RANGES or `ADASPA_KEY_RANGES`; `key_ranges` is 1 off the GPU."""
+    from adaspa.kernels.block_sparse import MAX_KEY_RANGES, MIN_KEPT_PER_RANGE, key_ranges, ranges_for
+
+    l2, head = 50 * 2**20, 2 * 118784 * 128 * 2  # the H100's L2; one head's K and V at the benchmark shape
+    assert ranges_for(head, l2, 64, 1856) == 3
+    assert ranges_for(head, l2, 128, 1856) == 1
+    assert ranges_for(head // 4, l2, 64, 1856) == 1  # 15 MB fit
+    assert ranges_for(head, l2, 64, 2 * MIN_KEPT_PER_RANGE - 1) == 1
+    assert ranges_for(head, l2, 64, 2 * MIN_KEPT_PER_RANGE) == 2
+    assert ranges_for(10 * head, l2, 64, 10**6) == MAX_KEY_RANGES
+    monkeypatch.setenv("ADASPA_KEY_RANGES", "2")
+    assert ranges_for(head, l2, 64, 1856) == 2
+    monkeypatch.setenv("ADASPA_KEY_RANGES", "1")
+    assert ranges_for(head, l2, 64, 1856) == 1
+    for bad in ("0", "two"):
+        monkeypatch.setenv("ADASPA_KEY_RANGES", bad)
+        with pytest.raises(ValueError, match="ADASPA_KEY_RANGES must be a positive integer"):
+            ranges_for(head, l2, 64, 1856)
+    monkeypatch.delenv("ADASPA_KEY_RANGES")
+    assert key_ranges(torch.empty(1, 1, 118784, 128, dtype=torch.bfloat16, device="meta"), 64, 1856) == 1
+
+
 def test_key_ranges_refused_with_heavy_first():
     """Key ranges need ticket order; longest-first order is a different launch order."""
     from adaspa.kernels.block_sparse import _block_sparse_attention

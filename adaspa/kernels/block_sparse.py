@@ -18,9 +18,10 @@ argsort of `counts`, descending) was the default until kernel v5; side by side o
 H200 it was slower in 20-26 of 30 tiered cases per run (up to 11% at L = 16384, where
 its extra launch shows) and at most 2.4% faster (docs/kernels.md, docs/benchmarks.md).
 
-Key ranges (block 64, long sequences; `key_ranges` decides). Every program of a head reads
-from all of that head's K / V with random masks, and once those outgrow L2 (61 MB at
-L = 118784, D = 128, against the H100's 50 MB) many reads go to HBM. The kernel can then
+Key ranges (block 64, long sequences; `ranges_for` decides, `ADASPA_KEY_RANGES=1` turns
+them off). Every program of a head reads from all of that head's K / V with random masks,
+and once those outgrow L2 (61 MB at L = 118784, D = 128, against the H100's 50 MB) many
+reads go to HBM. The kernel can then
 split each row into `KEY_RANGES` key ranges, one program each, launched range by range
 within a head so that the programs running together read one range (~20 MB). The program
 of range `r` resumes from the online-softmax state `(m, l, acc)` that range `r - 1` left in
@@ -33,6 +34,7 @@ this took block 64 from 386-411 to 405-490 TFLOP/s (docs/kernel-tuning.md, "Kern
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -260,9 +262,10 @@ _block_sparse_ranges_tuned = triton.autotune(
     prune_configs_by={"early_config_prune": _sparse_configs_prune}, reset_to_zero=["FLAGS"],
 )(_block_sparse_attention_fwd_kernel)
 
-#: Most key ranges a row is split into; the share of L2 one range's K and V may fill; and
-#: kept blocks per range (of the mask's widest row) below which a split costs more than
-#: it saves (docs/kernel-tuning.md, "Kernel v8").
+#: Most key ranges a row is split into (`ADASPA_KEY_RANGES` lowers it; 1 turns splitting
+#: off); the share of L2 one range's K and V may fill; and kept blocks per range (of the
+#: mask's widest row) below which a split costs more than it saves (docs/kernel-tuning.md,
+#: "Kernel v8").
 MAX_KEY_RANGES = 4
 L2_SHARE = 0.5
 MIN_KEPT_PER_RANGE = 80
@@ -270,29 +273,48 @@ MIN_KEPT_PER_RANGE = 80
 
 def key_ranges(k: torch.Tensor, block_size: int, max_kept: int) -> int:
     """Key ranges the block-sparse kernel splits rows into, for keys `k [B, H, Lk, D]` and a
-    mask of `block_size` whose rows keep at most `max_kept` blocks.
-
-    At block 64 a program does 64 FLOPs per byte of K / V, so its rate depends on K / V
-    reads hitting L2. The programs that run at once belong to one head and, with random
-    masks, read all of its K / V: once a head's K and V exceed L2 (61 MB at Lk = 118784,
-    D = 128, bf16, against the H100's 50 MB) many reads go to HBM. Split into key ranges
-    of at most `L2_SHARE` of L2 each, the programs of one head and range run together.
-    Each range costs a program a fixed start and hand-over, so a range should hold at
-    least `MIN_KEPT_PER_RANGE` kept blocks of the widest row, and there are at most
-    `MAX_KEY_RANGES`. 1 (no split) at block 128 (128 FLOPs per byte), off the GPU, and
-    whenever a head's K / V fit in `L2_SHARE` of L2 (L <= 51200 at D = 128, bf16, on the H100).
+    mask of `block_size` whose rows keep at most `max_kept` blocks (`ranges_for` on the
+    device's L2 size; 1 off the GPU).
 
     Example:
         >>> k = torch.empty(1, 24, 118784, 128, device="cuda", dtype=torch.bfloat16)
         >>> key_ranges(k, 64, max_kept=371)  # H100, 50 MB of L2
         3
     """
-    if block_size != 64 or k.device.type != "cuda":
+    if k.device.type != "cuda":
         return 1
-    head_kv_bytes = 2 * k.shape[2] * k.shape[3] * k.element_size()
     l2_bytes = torch.cuda.get_device_properties(k.device).L2_cache_size
+    return ranges_for(2 * k.shape[2] * k.shape[3] * k.element_size(), l2_bytes, block_size, max_kept)
+
+
+def ranges_for(head_kv_bytes: int, l2_bytes: int, block_size: int, max_kept: int) -> int:
+    """Key ranges for one head's K and V of `head_kv_bytes` on a GPU with `l2_bytes` of L2.
+
+    At block 64 a program does 64 FLOPs per byte of K / V, so its rate depends on K / V
+    reads hitting L2. The programs that run at once belong to one head and, with random
+    masks, read all of its K / V: once a head's K and V exceed L2 (61 MB at Lk = 118784,
+    D = 128, bf16, against the H100's 50 MB) many reads go to HBM. Split into key ranges
+    of at most `L2_SHARE` of L2 each, the programs of one head and range run together.
+    Each range costs a program a fixed start and a hand-over of its state, so a range
+    should hold at least `MIN_KEPT_PER_RANGE` kept blocks of the widest row, and there are
+    at most `MAX_KEY_RANGES`, or `ADASPA_KEY_RANGES` if that is lower. 1 (no split) at
+    block 128 (128 FLOPs per byte) and whenever a head's K / V fit in `L2_SHARE` of L2
+    (L <= 51200 at D = 128, bf16, on the H100).
+
+    Example:
+        >>> ranges_for(2 * 118784 * 128 * 2, 50 * 2**20, block_size=64, max_kept=1856)
+        3
+        >>> ranges_for(2 * 32768 * 128 * 2, 50 * 2**20, block_size=64, max_kept=512)
+        1
+    """
+    if block_size != 64:
+        return 1
+    cap = os.environ.get("ADASPA_KEY_RANGES", str(MAX_KEY_RANGES))
+    if not cap.isdigit() or int(cap) < 1:
+        raise ValueError(f"ADASPA_KEY_RANGES must be a positive integer, got {cap!r}")
+    most = min(MAX_KEY_RANGES, int(cap))
     to_fit_l2 = math.ceil(head_kv_bytes / (L2_SHARE * l2_bytes))
-    return max(1, min(MAX_KEY_RANGES, to_fit_l2, max_kept // MIN_KEPT_PER_RANGE))
+    return max(1, min(most, to_fit_l2, max_kept // MIN_KEPT_PER_RANGE))
 
 
 def heavy_first_order(counts: torch.Tensor) -> torch.Tensor:
