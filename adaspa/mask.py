@@ -32,7 +32,7 @@ class BlockSparseMask:
     sync): kept indices must be unique, sorted ascending, in `[0, nk)`, and
     `counts <= max_kept`. `from_dense`, `full` and `select_blocks` guarantee this; a
     hand-built mask that breaks it gives the reference and the kernels different (wrong)
-    answers (the block-sparse kernel's key ranges find their part of a row by counting
+    answers (the block-sparse kernel's rotated walks find their first block by counting
     the indices below a bound, which needs the order).
 
     Example:

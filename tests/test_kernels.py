@@ -248,79 +248,59 @@ def test_heavy_first_order_gives_the_same_result():
 
 
 @settings(max_examples=examples(10), suppress_health_check=[HealthCheck.too_slow])
-@given(shape=shapes(), block_size=BLOCKS, ranges=st.sampled_from([2, 3, 5]),
+@given(shape=shapes(), block_size=BLOCKS, period=st.sampled_from([2, 3, 5]),
        sparsity=st.sampled_from([0.0, 0.5, 0.8]), empty=st.sampled_from([0.0, 0.3]))
-def test_rows_split_by_key_range_match_oracle(shape, block_size, ranges, sparsity, empty):
-    """Rows cut into key ranges (the default at block 64 once a head's K / V outgrow L2, and
-    only on a GPU; forced here): each range's program resumes the previous one's softmax state,
-    with ranges that keep nothing, more ranges than key blocks, and empty rows. On a GPU the
-    two calls may autotune to different configs, so bitwise equality is checked per config in
-    tests/test_kernels_gpu.py."""
+def test_rotated_walks_match_oracle(shape, block_size, period, sparsity, empty):
+    """Rows walked from a staggered start, wrapping around (the default at block 64 once a
+    head's K / V outgrow L2, and only on a GPU; forced here), with periods shorter and longer
+    than the grid, and empty rows. A period of 1 starts every row at key block 0: the walk in
+    key order, bit for bit."""
     from adaspa.kernels.block_sparse import _block_sparse_attention
 
     assume(block_ops_take(shape, block_size))
     q, k, v = make_qkv(**shape)
     mask = with_empty_rows(adaptive_mask(q, k, v, block_size, sparsity, 0, "first"), empty, shape["seed"])
     oracle, ref = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
-    out, lse = _block_sparse_attention(q, k, v, mask, ranges=ranges)
+    out, lse = _block_sparse_attention(q, k, v, mask, period=period)
     assert_close(out, oracle[0], ref[0], name="out")
     assert_close(lse, oracle[1], ref[1], name="lse")
     if not ON_GPU:
-        # Same blocks in the same order, the state through memory in fp32: the unsplit result, bit for bit.
-        whole = _block_sparse_attention(q, k, v, mask, ranges=1)
-        assert torch.equal(out, whole[0]) and torch.equal(lse, whole[1])
+        # On a GPU the calls may autotune to different configs; tests/test_kernels_gpu.py checks per config.
+        in_order = _block_sparse_attention(q, k, v, mask, period=0)
+        from_zero = _block_sparse_attention(q, k, v, mask, period=1)
+        assert torch.equal(from_zero[0], in_order[0]) and torch.equal(from_zero[1], in_order[1])
 
 
-def test_key_ranges_with_rows_longer_than_one_scan_chunk():
-    """A program finds its range's part of the kept list 256 slots at a time: rows of 260
-    kept blocks take two chunks."""
+def test_rotated_walks_with_rows_longer_than_one_scan_chunk():
+    """A program counts the kept blocks before its start 256 slots at a time: with 590 kept
+    blocks of 600 and a period of 2, the second row starts at key block 300, past slot 256."""
     from adaspa.kernels.block_sparse import _block_sparse_attention
 
-    q, k, v = make_qkv(1, 1, 16, 4200, 16, torch.float16, False, 9)
-    keep = torch.ones(1, 1, 1, 263, dtype=torch.bool)
-    keep[..., ::97] = False  # 260 blocks
-    mask = BlockSparseMask.from_dense(keep.to(DEVICE), 16, 16, 4200)
+    q, k, v = make_qkv(1, 1, 32, 9600, 16, torch.float16, False, 9)
+    keep = torch.ones(1, 1, 2, 600, dtype=torch.bool)
+    keep[..., ::60] = False  # 590 blocks a row
+    mask = BlockSparseMask.from_dense(keep.to(DEVICE), 16, 32, 9600)
     assert mask.counts.min() > 256
     oracle, ref = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
-    for ranges in (2, 3):
-        out, lse = _block_sparse_attention(q, k, v, mask, ranges=ranges)
-        assert_close(out, oracle[0], ref[0], name=f"out, {ranges} ranges")
-        assert_close(lse, oracle[1], ref[1], name=f"lse, {ranges} ranges")
+    out, lse = _block_sparse_attention(q, k, v, mask, period=2)
+    assert_close(out, oracle[0], ref[0], name="out")
+    assert_close(lse, oracle[1], ref[1], name="lse")
 
 
-def test_key_range_rule(monkeypatch):
-    """`ranges_for`: block 64 only, enough ranges that each fills at most half of L2, fewer for
-    short rows, at most MAX_KEY_RANGES or `ADASPA_KEY_RANGES`; `key_ranges` is 1 off the GPU."""
-    from adaspa.kernels.block_sparse import MAX_KEY_RANGES, MIN_KEPT_PER_RANGE, key_ranges, ranges_for
+def test_rotation_rule():
+    """`walks_rotate`: block 64 only, once one head's K and V fill more than half of L2; and
+    the period must be None or an int >= 0."""
+    from adaspa.kernels.block_sparse import L2_SHARE, _block_sparse_attention, walks_rotate
 
     l2, head = 50 * 2**20, 2 * 118784 * 128 * 2  # the H100's L2; one head's K and V at the benchmark shape
-    assert ranges_for(head, l2, 64, 1856) == 3
-    assert ranges_for(head, l2, 128, 1856) == 1
-    assert ranges_for(head // 4, l2, 64, 1856) == 1  # 15 MB fit
-    assert ranges_for(head, l2, 64, 2 * MIN_KEPT_PER_RANGE - 1) == 1
-    assert ranges_for(head, l2, 64, 2 * MIN_KEPT_PER_RANGE) == 2
-    assert ranges_for(10 * head, l2, 64, 10**6) == MAX_KEY_RANGES
-    monkeypatch.setenv("ADASPA_KEY_RANGES", "2")
-    assert ranges_for(head, l2, 64, 1856) == 2
-    monkeypatch.setenv("ADASPA_KEY_RANGES", "1")
-    assert ranges_for(head, l2, 64, 1856) == 1
-    for bad in ("0", "two"):
-        monkeypatch.setenv("ADASPA_KEY_RANGES", bad)
-        with pytest.raises(ValueError, match="ADASPA_KEY_RANGES must be a positive integer"):
-            ranges_for(head, l2, 64, 1856)
-    monkeypatch.delenv("ADASPA_KEY_RANGES")
-    assert key_ranges(torch.empty(1, 1, 118784, 128, dtype=torch.bfloat16, device="meta"), 64, 1856) == 1
-
-
-def test_key_ranges_refused_with_heavy_first():
-    """Key ranges need ticket order; longest-first order is a different launch order."""
-    from adaspa.kernels.block_sparse import _block_sparse_attention
-
+    assert walks_rotate(head, l2, 64)
+    assert not walks_rotate(head, l2, 128) and not walks_rotate(head, l2, 32)
+    assert not walks_rotate(int(L2_SHARE * l2), l2, 64) and walks_rotate(int(L2_SHARE * l2) + 1, l2, 64)
     q, k, v = make_qkv(1, 1, 64, 64, 16, torch.float16, False, 1)
     mask = BlockSparseMask.full(1, 1, 64, 64, 16, device=DEVICE)
-    for kwargs in (dict(ranges=0), dict(ranges=2, heavy_first=True)):
-        with pytest.raises(ValueError, match="ranges"):
-            _block_sparse_attention(q, k, v, mask, **kwargs)
+    for bad in (-1, 1.5, "2"):
+        with pytest.raises(ValueError, match="period must be None or an int >= 0"):
+            _block_sparse_attention(q, k, v, mask, period=bad)
 
 
 def rising_scores_qkv(dtype, length, dim=32):
@@ -359,8 +339,8 @@ def test_scores_that_grow_along_the_keys(dtype):
     for name, a, o, r in zip(("sparse out", "sparse lse"), kernels().block_sparse_attention(q, k, v, mask),
                              oracle, ref):
         assert_close(a, o, r, name=name)
-    # Split into key ranges, each range's program starts from a state with a smaller max.
-    for name, a, o, r in zip(("ranges out", "ranges lse"), _block_sparse_attention(q, k, v, mask, ranges=3),
+    # Rotated walks: most rows start past key 0, so the max falls when the walk wraps around.
+    for name, a, o, r in zip(("rotated out", "rotated lse"), _block_sparse_attention(q, k, v, mask, period=3),
                              oracle, ref):
         assert_close(a, o, r, name=name)
 

@@ -192,18 +192,15 @@ def test_offsets_past_two_to_the_31():
     assert torch.allclose(rows, torch.full_like(rows, 128.0), rtol=1e-3)
 
 
-def test_key_ranges_at_block_64():
-    """Rows split by key range (block 64, once a head's K / V outgrow half of L2): the rule,
-    every config at 2-4 ranges against the oracle and bit for bit against the unsplit
-    kernel, no host sync, and CUDA-graph replay (the ticket counter and flags start from
-    zero on every launch)."""
+def test_rotated_walks_at_block_64():
+    """Rows walked from staggered starts (block 64, once a head's K / V outgrow half of L2):
+    every config at periods 1, 7 and 264 against the oracle, period 1 bit for bit against the
+    walk in key order; then the default path just past the rule's length on this GPU (rotated
+    there, with the period the compiled kernel's shared memory gives) against the oracle,
+    with no host sync and replayed in a CUDA graph."""
+    from adaspa.bench import random_mask
     from adaspa.kernels import block_sparse
-    from adaspa.kernels.block_sparse import _block_sparse_attention, key_ranges, ranges_for
-
-    # The rule itself is tested on the CPU (tests/test_kernels.py); here, that it reads this GPU's L2.
-    long_k = torch.empty(1, 1, 118784, 128, device="cuda", dtype=torch.bfloat16)  # 61 MB of K and V a head
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
-    assert key_ranges(long_k, 64, 1856) == ranges_for(2 * long_k[0, 0].nbytes, l2, 64, 1856)
+    from adaspa.kernels.block_sparse import L2_SHARE, ROTATED_CONFIG, _block_sparse_attention, resident_programs
 
     B, H, L, D = 1, 3, 2000, 128
     q, k, v = qkv(B, H, L, D, seed=8)
@@ -212,24 +209,40 @@ def test_key_ranges_at_block_64():
     (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
     meta = dict(HEAD_D=D, BLOCK_D=D, BS=64, PRECISION="tf32", TMA=True)
     for config in block_sparse._sparse_configs_prune(block_sparse._SPARSE_CONFIGS, {}, **meta):
-        whole = _block_sparse_attention(q, k, v, mask, ranges=1, config=config)
-        for ranges in (2, 3, 4):
-            out, lse = _block_sparse_attention(q, k, v, mask, ranges=ranges, config=config)
-            assert_close(out, o_out, r_out, name=f"out, {ranges} ranges, {config}")
-            assert_close(lse, o_lse, r_lse, name=f"lse, {ranges} ranges, {config}")
-            # Same blocks in the same order, the state through memory in fp32: bit for bit.
-            assert torch.equal(out, whole[0]) and torch.equal(lse, whole[1]), (ranges, config)
-    want = _block_sparse_attention(q, k, v, mask, ranges=3)  # autotuned; tuning syncs, so before the check
+        in_order = _block_sparse_attention(q, k, v, mask, period=0, config=config)
+        for period in (1, 7, 264):
+            out, lse = _block_sparse_attention(q, k, v, mask, period=period, config=config)
+            assert_close(out, o_out, r_out, name=f"out, period {period}, {config}")
+            assert_close(lse, o_lse, r_lse, name=f"lse, period {period}, {config}")
+            if period == 1:
+                assert torch.equal(out, in_order[0]) and torch.equal(lse, in_order[1]), config
+
+    props = torch.cuda.get_device_properties(0)
+    L = int(props.L2_cache_size * L2_SHARE / (2 * D * 2)) + 4096  # one head's K and V: past the rule's bound
+    assert block_sparse.walks_rotate(2 * L * D * 2, props.L2_cache_size, 64)
+    q, k, v = qkv(1, 1, L, D, seed=9)
+    mask = random_mask(1, 1, L, 64, 0.1, "uniform", "cuda")
+    (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+    want = _block_sparse_attention(q, k, v, mask)  # compiles before the sync check
+    assert_close(want[0], o_out, r_out, name="out, default rotated walks")
+    assert_close(want[1], o_lse, r_lse, name="lse, default rotated walks")
+    in_order = _block_sparse_attention(q, k, v, mask, period=0, config=ROTATED_CONFIG)
+    assert not torch.equal(want[0], in_order[0])  # the default did rotate: some rows round differently
+    if torch.cuda.get_device_capability() >= (9, 0):
+        # Hopper: 227 KiB of shared memory a program at most, the kernel takes 112 KiB: 2 programs a SM.
+        assert resident_programs(q.device, 112 * 1024) == 2 * props.multi_processor_count
+        again = _block_sparse_attention(q, k, v, mask, period=2 * props.multi_processor_count, config=ROTATED_CONFIG)
+        assert torch.equal(again[0], want[0]) and torch.equal(again[1], want[1])
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        got = _block_sparse_attention(q, k, v, mask, ranges=3)
+        got = _block_sparse_attention(q, k, v, mask)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        g_out, g_lse = _block_sparse_attention(q, k, v, mask, ranges=3)
+        g_out, g_lse = _block_sparse_attention(q, k, v, mask)
     for _ in range(2):
         graph.replay()
         assert torch.equal(g_out, want[0]) and torch.equal(g_lse, want[1])

@@ -86,12 +86,11 @@ def cached_search(block_m, mass_n, bs, warps, stages):
     return resources(search._block_mass_fwd_kernel, signature, constants, warps, stages)
 
 
-def sparse(block_n, bs, warps, stages, even_k=True, key_ranges=1):
+def sparse(block_n, bs, warps, stages, even_k=True, rotated=False):
     signature = {"Q": "*bf16", "K": tiles(block_n), "V": tiles(block_n), "O": "*bf16", "LSE": "*fp32",
-                 "INDICES": "*i32", "COUNTS": "*i32", "ORDER": "*i32", "FLAGS": "*i32", "PART_ACC": "*fp32",
-                 "PART_ML": "*fp32", **strides("q", "k", "v", "o"),
-                 **ints("H", "LQ", "LK", "NQB", "MAX_KEPT", "RANGE_BLOCKS"), "qk_scale": "fp32"}
-    constants = dict(HEAD_D=D, BLOCK_D=D, BS=bs, ORDERED=False, EVEN_K=even_k, KEY_RANGES=key_ranges,
+                 "INDICES": "*i32", "COUNTS": "*i32", "ORDER": "*i32", **strides("q", "k", "v", "o"),
+                 **ints("H", "LQ", "LK", "NQB", "MAX_KEPT", "WALK_PERIOD"), "qk_scale": "fp32"}
+    constants = dict(HEAD_D=D, BLOCK_D=D, BS=bs, ORDERED=False, EVEN_K=even_k, ROTATED=rotated,
                      PRECISION="tf32", TMA=True, BLOCK_N=block_n)
     return resources(block_sparse._block_sparse_attention_fwd_kernel, signature, constants, warps, stages)
 
@@ -135,7 +134,7 @@ ROWS = [
     ("LSE-cached search, block 128, 256 x 64, 3 stages", lambda: cached_search(256, 64, 128, 16, 3)),
     ("block-sparse, block 64, 64-row tiles, 3 stages", lambda: sparse(64, 64, 4, 3)),
     ("block-sparse, block 64, ragged Lk", lambda: sparse(64, 64, 4, 3, even_k=False)),
-    ("block-sparse, block 64, 3 key ranges", lambda: sparse(64, 64, 4, 3, key_ranges=3)),
+    ("block-sparse, block 64, rotated walks", lambda: sparse(64, 64, 4, 3, rotated=True)),
     ("block-sparse, block 128, 128-row tiles, 2 stages", lambda: sparse(128, 128, 8, 2)),
     ("Gluon, block-sparse, D = 128", lambda: gluon_attention(128, dense=False)),
     ("Gluon, dense, D = 64, ragged Lk, heavy-first order", lambda: gluon_attention(64, True, True, False)),

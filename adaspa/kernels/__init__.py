@@ -12,9 +12,10 @@ interpreter when `TRITON_INTERPRET=1` (slow; for tests), else raise. On Hopper G
 `attention`, `block_sparse_attention` at block size 128 and both searches at block sizes
 64 and 128 run warp-specialized Gluon kernels for float16 / bfloat16 inputs with D of 64
 or 128 (`hopper.py`, `hopper_search.py`; `ADASPA_GLUON=0` turns them off). At block size
-64, once a head's K and V outgrow half of the GPU's L2, `block_sparse_attention` splits
-each row into key ranges run range by range (`block_sparse.ranges_for`; an fp32 scratch
-of `B * H * Lq * D`; `ADASPA_KEY_RANGES=1` turns it off).
+64, once a head's K and V outgrow half of the GPU's L2, `block_sparse_attention` starts
+each row's walk over its kept blocks at a staggered key block and wraps around, so the
+programs running at once read the same part of K / V (`block_sparse.walks_rotate`; only
+the last bits of the result change, deterministically for one GPU model).
 docs/kernels.md explains the kernels.
 
 Example:

@@ -18,23 +18,22 @@ argsort of `counts`, descending) was the default until kernel v5; side by side o
 H200 it was slower in 20-26 of 30 tiered cases per run (up to 11% at L = 16384, where
 its extra launch shows) and at most 2.4% faster (docs/kernels.md, docs/benchmarks.md).
 
-Key ranges (block 64, long sequences; `ranges_for` decides, `ADASPA_KEY_RANGES=1` turns
-them off). Every program of a head reads from all of that head's K / V with random masks,
-and once those outgrow L2 (61 MB at L = 118784, D = 128, against the H100's 50 MB) many
-reads go to HBM. The kernel can then
-split each row into `KEY_RANGES` key ranges, one program each, launched range by range
-within a head so that the programs running together read one range (~20 MB). The program
-of range `r` resumes from the online-softmax state `(m, l, acc)` that range `r - 1` left in
-an fp32 scratch (`B * H * nq * 64 * D` floats, 1.5 GB at L = 118784: O(L), not O(L^2)), and
-the last range normalizes and stores. Order comes from a ticket counter, not the program
-id, so a program only waits for one that has already started. On the H100 at L = 118784
-this took block 64 from 386-411 to 405-490 TFLOP/s (docs/kernel-tuning.md, "Kernel v8").
+Rotated walks (block 64, long sequences; `walks_rotate` decides). Every program of a head
+reads from all of that head's K / V with random masks, and once those outgrow L2 (61 MB at
+L = 118784, D = 128, bf16, against the H100's 50 MB) many reads go to HBM, unless the
+programs running at once read the same part of them at the same time. Programs start one
+after another as slots free up, so program `pid` starts its walk at the first kept block
+at or after key block `(pid mod P) * nk / P` and wraps around, where `P` is the number of
+programs resident at once (`resident_programs`): the programs running together then stand
+at about the same key block, and sweep the head's K / V together. The online softmax is
+order-independent up to rounding, so only the last bits change, and they are a fixed
+function of `P` (deterministic on one GPU model). On the H100 at L = 118784 this took block
+64 from v8's 405-490 to 446-495 TFLOP/s (1.8-1.9x FlexAttention), and it needs no scratch,
+where v8's key ranges handed an fp32 state between programs (docs/kernel-tuning.md, "Kernel
+v9").
 """
 
 from __future__ import annotations
-
-import math
-import os
 
 import torch
 import triton
@@ -43,34 +42,31 @@ import triton.language as tl
 from .._validation import check_attention_inputs, check_mask_matches, resolve_scale
 from ._launch import (LOG2E, SMEM_BUDGET, check_block_tiles_fit, check_kernel_block_size, check_kernel_inputs,
                       dot_precision, fixed_config, key_tile_fits, load_q_tile, load_rows, padded_head_dim, row_tiles,
-                      set_tile_rows, smem_estimate, store_out_tile, strides4, tma_eligible, use_autotune,
+                      set_tile_rows, sm_count, smem_estimate, store_out_tile, strides4, tma_eligible, use_autotune,
                       use_hopper_kernel)
 from .flash_fwd import online_softmax_step
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["WALK_PERIOD"])
 def _block_sparse_attention_fwd_kernel(
-    Q, K, V, O, LSE, INDICES, COUNTS, ORDER, FLAGS, PART_ACC, PART_ML,
+    Q, K, V, O, LSE, INDICES, COUNTS, ORDER,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    H, LQ, LK, NQB, MAX_KEPT, RANGE_BLOCKS, qk_scale,
+    H, LQ, LK, NQB, MAX_KEPT, WALK_PERIOD, qk_scale,
     HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BS: tl.constexpr, ORDERED: tl.constexpr, EVEN_K: tl.constexpr,
-    KEY_RANGES: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr,
+    ROTATED: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Program `pid` handles row `ORDER[pid]` (or `pid`) of the flattened `[B * H * nq]` mask,
-    or with KEY_RANGES > 1 the kept blocks of one row in one key range (`_row_and_range`).
+    """Program `pid` handles row `ORDER[pid]` (or `pid`) of the flattened `[B * H * nq]` mask.
 
     A key tile of BLOCK_N rows is either `BLOCK_N // BS` kept blocks gathered row by row
     (pointers only) or a whole fraction of one kept block (`BS // BLOCK_N` tiles per block).
     EVEN_K (Lk a multiple of BS) means every tile of one block lies inside Lk, so those
     tiles skip the key mask. K and V are `row_tiles` descriptors of `[BLOCK_N, BLOCK_D]`
-    tiles when TMA, else tensors read through pointers. With KEY_RANGES > 1 (never with
-    ORDERED), range `r` covers key blocks `[r * RANGE_BLOCKS, (r + 1) * RANGE_BLOCKS)`;
-    FLAGS holds a done-ranges count per row and then the ticket counter (all zero at
-    launch), PART_ML `[rows, 2]` and PART_ACC `[rows, BLOCK_D]` the state handed from one
-    range to the next; all three are unused otherwise.
+    tiles when TMA, else tensors read through pointers. The kept blocks are visited in key
+    order, or with ROTATED from the first one at or after key block
+    `(pid mod WALK_PERIOD) * nk / WALK_PERIOD` on, wrapping around (`_walk_slot`).
     """
     # Kept blocks per key tile (> 1: gathered) and key tiles per kept block.
     KPT: tl.constexpr = BLOCK_N // BS if BLOCK_N > BS else 1
@@ -78,8 +74,6 @@ def _block_sparse_attention_fwd_kernel(
     pid = tl.program_id(0)
     if ORDERED:
         i_row = tl.load(ORDER + pid).to(tl.int64)
-    elif KEY_RANGES > 1:
-        i_row, i_range = _row_and_range(FLAGS, NQB, KEY_RANGES)
     else:
         i_row = pid.to(tl.int64)
     i_bh = i_row // NQB
@@ -88,10 +82,9 @@ def _block_sparse_attention_fwd_kernel(
     i_h = i_bh % H
     n_kept = tl.load(COUNTS + i_row)
     p_idx = INDICES + i_row * MAX_KEPT
-    if KEY_RANGES > 1:
-        # This program's part of the sorted kept list: blocks in [lo, lo + RANGE_BLOCKS).
-        first, n_kept = _range_slice(p_idx, n_kept, MAX_KEPT, i_range * RANGE_BLOCKS, RANGE_BLOCKS)
-        p_idx += first
+    first = 0
+    if ROTATED:
+        first = _count_below(p_idx, n_kept, MAX_KEPT, ((pid % WALK_PERIOD) * tl.cdiv(LK, BS)) // WALK_PERIOD)
 
     # [BS, BLOCK_D]
     b_q, o_m, m_m, m_d = load_q_tile(Q, i_b, i_h, i_p, stride_qb, stride_qh, stride_qm, stride_qd, LQ,
@@ -105,22 +98,16 @@ def _block_sparse_attention_fwd_kernel(
     b_m = tl.full([BS], float("-inf"), tl.float32)
     b_l = tl.zeros([BS], tl.float32)
     b_acc = tl.zeros([BS, BLOCK_D], tl.float32)
-    if KEY_RANGES > 1:
-        # [BS] scratch rows of this query block; [BS, BLOCK_D] its partial accumulator
-        o_part = i_row * BS + tl.arange(0, BS)
-        p_part = PART_ACC + o_part[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
-        if i_range > 0:
-            b_m, b_l, b_acc = _resume_partial(FLAGS + i_row, i_range, PART_ML + o_part * 2, p_part)
     # Kept-block index of the next tile, loaded one iteration ahead: the tile's address then
     # does not wait on a global load in its own iteration (which cost 22-28% at density 1;
     # two iterations ahead stopped Triton from pipelining K and V; kernel-tuning.md, kernel v5).
-    b_blk_next = tl.load(p_idx, mask=n_kept > 0, other=0)
+    b_blk_next = tl.load(p_idx + _walk_slot(0, first, n_kept, ROTATED), mask=n_kept > 0, other=0)
     for it in range(0, tl.cdiv(n_kept, KPT) * TPB):
         if KPT == 1:
             # Part `it % TPB` of one kept block: a scalar index and contiguous rows, which
             # the copy engine (TMA, zeros past Lk) or the pipeliner's async copies fetch.
             b_blk = b_blk_next
-            b_blk_next = tl.load(p_idx + tl.minimum((it + 1) // TPB, n_kept - 1))
+            b_blk_next = tl.load(p_idx + _walk_slot(tl.minimum((it + 1) // TPB, n_kept - 1), first, n_kept, ROTATED))
             start = b_blk * BS + (it % TPB) * BLOCK_N
             m_key = start + o_n < LK
             if TMA:
@@ -134,7 +121,8 @@ def _block_sparse_attention_fwd_kernel(
             # Slot of the kept list each key row of the tile comes from. [BLOCK_N]
             o_slot = it * KPT + o_n // BS
             m_slot = o_slot < n_kept
-            o_key = (tl.load(p_idx + o_slot, mask=m_slot, other=0) * BS + o_n % BS).to(tl.int64)
+            o_key = (tl.load(p_idx + _walk_slot(o_slot, first, n_kept, ROTATED), mask=m_slot, other=0) * BS
+                     + o_n % BS).to(tl.int64)
             m_key = m_slot & (o_key < LK)
         if not TMA:
             b_k = tl.load(k_base + o_key[:, None] * stride_kn + o_d[None, :] * stride_kd,
@@ -145,15 +133,8 @@ def _block_sparse_attention_fwd_kernel(
         b_m, b_l, b_acc, _, _ = online_softmax_step(b_q, b_k, b_v, m_key, b_m, b_l, b_acc, qk_scale,
                                                     BS, BLOCK_N, BLOCK_N, KPT > 1 or not EVEN_K, PRECISION)
 
-    if KEY_RANGES > 1:
-        if i_range == KEY_RANGES - 1:
-            _store_row(O, LSE, b_m, b_l, b_acc, i_b, i_h, i_bh, o_m, m_m, m_d, stride_ob, stride_oh, stride_om,
-                       stride_od, LQ, BLOCK_D, PRECISION)
-        else:
-            _hand_on_partial(FLAGS + i_row, i_range, PART_ML + o_part * 2, p_part, b_m, b_l, b_acc)
-    else:
-        _store_row(O, LSE, b_m, b_l, b_acc, i_b, i_h, i_bh, o_m, m_m, m_d, stride_ob, stride_oh, stride_om,
-                   stride_od, LQ, BLOCK_D, PRECISION)
+    _store_row(O, LSE, b_m, b_l, b_acc, i_b, i_h, i_bh, o_m, m_m, m_d, stride_ob, stride_oh, stride_om, stride_od,
+               LQ, BLOCK_D, PRECISION)
 
 
 @triton.jit
@@ -169,66 +150,33 @@ def _store_row(O, LSE, b_m, b_l, b_acc, i_b, i_h, i_bh, o_m, m_m, m_d, stride_ob
 
 
 @triton.jit
-def _row_and_range(FLAGS, NQB, KEY_RANGES: tl.constexpr):
-    """`(row, key range)` of this program, numbered in the order programs start.
-
-    Tickets come from a counter (`FLAGS[-1]`, zero at launch), not from the program id, so
-    every lower ticket belongs to a program that has already started: the wait in
-    `_resume_partial` is only ever on a running or finished program. Ticket order is
-    (batch * head, key range, query block): a head's programs of one range run together and
-    share that range's K / V in L2.
-    """
-    ticket = tl.atomic_add(FLAGS + tl.num_programs(0) // KEY_RANGES, 1).to(tl.int64)
-    per_head = NQB * KEY_RANGES
-    return (ticket // per_head) * NQB + ticket % NQB, (ticket % per_head) // NQB
+def _walk_slot(slot, first, n_kept, ROTATED: tl.constexpr):
+    """Slot of the kept list visited `slot`-th: `slot` itself, or with ROTATED `first + slot`
+    wrapped around the `n_kept` kept blocks."""
+    if ROTATED:
+        slot = slot + first
+        slot = tl.where(slot >= n_kept, slot - n_kept, slot)
+    return slot
 
 
 @triton.jit
-def _range_slice(p_idx, n_kept, MAX_KEPT, lo, RANGE_BLOCKS):
-    """`(first, n)`: of the `n_kept` sorted kept-block indices at `p_idx`, the `n` from slot
-    `first` on lie in `[lo, lo + RANGE_BLOCKS)`. The first chunk is read up to MAX_KEPT, so
-    its load need not wait for `n_kept`; longer lists take more chunks."""
+def _count_below(p_idx, n_kept, MAX_KEPT, bound):
+    """How many of the `n_kept` sorted kept-block indices at `p_idx` are below key block
+    `bound`: the slot of the first kept block at or after it. Read 256 slots at a time; the
+    first chunk up to MAX_KEPT, so its load need not wait for `n_kept`."""
     CHUNK: tl.constexpr = 256
-    first, n = _chunk_slice(p_idx, 0, n_kept, MAX_KEPT, lo, RANGE_BLOCKS, CHUNK)
+    below = _count_below_in_chunk(p_idx, 0, n_kept, MAX_KEPT, bound, CHUNK)
     for c in range(CHUNK, n_kept, CHUNK):
-        first_c, n_c = _chunk_slice(p_idx, c, n_kept, MAX_KEPT, lo, RANGE_BLOCKS, CHUNK)
-        first += first_c
-        n += n_c
-    return first, n
+        below += _count_below_in_chunk(p_idx, c, n_kept, MAX_KEPT, bound, CHUNK)
+    return below
 
 
 @triton.jit
-def _chunk_slice(p_idx, c, n_kept, MAX_KEPT, lo, RANGE_BLOCKS, CHUNK: tl.constexpr):
-    """`_range_slice`'s counts over slots `[c, c + CHUNK)`."""
+def _count_below_in_chunk(p_idx, c, n_kept, MAX_KEPT, bound, CHUNK: tl.constexpr):
+    """`_count_below` over slots `[c, c + CHUNK)`."""
     o = c + tl.arange(0, CHUNK)
-    b_rel = tl.load(p_idx + o, mask=o < MAX_KEPT, other=0) - lo
-    m_kept = o < n_kept
-    return (tl.sum((m_kept & (b_rel < 0)).to(tl.int32)),
-            tl.sum((m_kept & (b_rel >= 0) & (b_rel < RANGE_BLOCKS)).to(tl.int32)))
-
-
-@triton.jit
-def _resume_partial(p_flag, i_range, p_ml, p_part):
-    """The online-softmax state `(m [BS], l [BS], acc [BS, BLOCK_D])` that the program of the
-    previous key range handed on, once its flag says it is there."""
-    done = tl.atomic_add(p_flag, 0, sem="acquire")
-    while done < i_range:
-        done = tl.atomic_add(p_flag, 0, sem="acquire")
-    # Read past L1: the state was written by another SM.
-    b_m = tl.load(p_ml, cache_modifier=".cg")
-    b_l = tl.load(p_ml + 1, cache_modifier=".cg")
-    return b_m, b_l, tl.load(p_part, cache_modifier=".cg")
-
-
-@triton.jit
-def _hand_on_partial(p_flag, i_range, p_ml, p_part, b_m, b_l, b_acc):
-    """Store the online-softmax state for the next key range's program and raise the flag."""
-    tl.store(p_ml, b_m)
-    tl.store(p_ml + 1, b_l)
-    tl.store(p_part, b_acc)
-    # Every thread's stores before the flag (the barrier), the flag with release semantics.
-    tl.debug_barrier()
-    tl.atomic_xchg(p_flag, i_range + 1, sem="release")
+    b_idx = tl.load(p_idx + o, mask=o < MAX_KEPT, other=0)
+    return tl.sum(((o < n_kept) & (b_idx < bound)).to(tl.int32))
 
 
 def _sparse_configs_prune(configs, named_args, **kwargs):
@@ -252,69 +200,53 @@ _SPARSE_CONFIGS = [
 ]
 
 _block_sparse_tuned = triton.autotune(
-    configs=_SPARSE_CONFIGS, key=["BS", "BLOCK_D", "ORDERED", "EVEN_K", "TMA"],
+    configs=_SPARSE_CONFIGS, key=["BS", "BLOCK_D", "ORDERED", "EVEN_K", "ROTATED", "TMA"],
     prune_configs_by={"early_config_prune": _sparse_configs_prune},
 )(_block_sparse_attention_fwd_kernel)
 
-# The same with key ranges: the flags and the ticket counter start at zero for every timed run.
-_block_sparse_ranges_tuned = triton.autotune(
-    configs=_SPARSE_CONFIGS, key=["BS", "BLOCK_D", "EVEN_K", "TMA", "KEY_RANGES"],
-    prune_configs_by={"early_config_prune": _sparse_configs_prune}, reset_to_zero=["FLAGS"],
-)(_block_sparse_attention_fwd_kernel)
-
-#: Most key ranges a row is split into (`ADASPA_KEY_RANGES` lowers it; 1 turns splitting
-#: off); the share of L2 one range's K and V may fill; and kept blocks per range (of the
-#: mask's widest row) below which a split costs more than it saves (docs/kernel-tuning.md,
-#: "Kernel v8").
-MAX_KEY_RANGES = 4
+#: Share of L2 a head's K and V may fill before block-64 rows walk from staggered starts
+#: (`walks_rotate`), and the config of those walks: the 64-row x 3-stage tiles that every
+#: probe of kernels v8 and v9 ran, as fast as the autotuned kernel (docs/kernel-tuning.md).
 L2_SHARE = 0.5
-MIN_KEPT_PER_RANGE = 80
+ROTATED_CONFIG = triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3)
 
 
-def key_ranges(k: torch.Tensor, block_size: int, max_kept: int) -> int:
-    """Key ranges the block-sparse kernel splits rows into, for keys `k [B, H, Lk, D]` and a
-    mask of `block_size` whose rows keep at most `max_kept` blocks (`ranges_for` on the
-    device's L2 size; 1 off the GPU).
-
-    Example:
-        >>> k = torch.empty(1, 24, 118784, 128, device="cuda", dtype=torch.bfloat16)
-        >>> key_ranges(k, 64, max_kept=371)  # H100, 50 MB of L2
-        3
-    """
-    if k.device.type != "cuda":
-        return 1
-    l2_bytes = torch.cuda.get_device_properties(k.device).L2_cache_size
-    return ranges_for(2 * k.shape[2] * k.shape[3] * k.element_size(), l2_bytes, block_size, max_kept)
-
-
-def ranges_for(head_kv_bytes: int, l2_bytes: int, block_size: int, max_kept: int) -> int:
-    """Key ranges for one head's K and V of `head_kv_bytes` on a GPU with `l2_bytes` of L2.
+def walks_rotate(head_kv_bytes: int, l2_bytes: int, block_size: int) -> bool:
+    """Whether rows walk their kept blocks from staggered starts, for one head's K and V of
+    `head_kv_bytes` on a GPU with `l2_bytes` of L2.
 
     At block 64 a program does 64 FLOPs per byte of K / V, so its rate depends on K / V
     reads hitting L2. The programs that run at once belong to one head and, with random
-    masks, read all of its K / V: once a head's K and V exceed L2 (61 MB at Lk = 118784,
-    D = 128, bf16, against the H100's 50 MB) many reads go to HBM. Split into key ranges
-    of at most `L2_SHARE` of L2 each, the programs of one head and range run together.
-    Each range costs a program a fixed start and a hand-over of its state, so a range
-    should hold at least `MIN_KEPT_PER_RANGE` kept blocks of the widest row, and there are
-    at most `MAX_KEY_RANGES`, or `ADASPA_KEY_RANGES` if that is lower. 1 (no split) at
-    block 128 (128 FLOPs per byte) and whenever a head's K / V fit in `L2_SHARE` of L2
-    (L <= 51200 at D = 128, bf16, on the H100).
+    masks, read all of its K / V; once those exceed L2 (61 MB at Lk = 118784, D = 128,
+    bf16, against the H100's 50 MB), walks in key order that start at staggered times
+    read all of it at once and many reads go to HBM. Rotated walks keep the programs
+    running together on one part of it. Only at block 64 (block 128 does 128 FLOPs per
+    byte) and once a head's K and V exceed `L2_SHARE` of L2 (above ~51K tokens at D = 128,
+    bf16, on the H100): at L = 32768, where they fit, rotating cost up to 3.4%.
 
     Example:
-        >>> ranges_for(2 * 118784 * 128 * 2, 50 * 2**20, block_size=64, max_kept=1856)
-        3
-        >>> ranges_for(2 * 32768 * 128 * 2, 50 * 2**20, block_size=64, max_kept=512)
-        1
+        >>> walks_rotate(2 * 118784 * 128 * 2, 50 * 2**20, block_size=64)
+        True
+        >>> walks_rotate(2 * 32768 * 128 * 2, 50 * 2**20, block_size=64)
+        False
     """
-    if block_size != 64:
-        return 1
-    cap = os.environ.get("ADASPA_KEY_RANGES", str(MAX_KEY_RANGES))
-    if not cap.isdigit() or int(cap) < 1:
-        raise ValueError(f"ADASPA_KEY_RANGES must be a positive integer, got {cap!r}")
-    most = min(MAX_KEY_RANGES, int(cap))
-    to_fit_l2 = math.ceil(head_kv_bytes / (L2_SHARE * l2_bytes))
-    return max(1, min(most, to_fit_l2, max_kept // MIN_KEPT_PER_RANGE))
+    return block_size == 64 and head_kv_bytes > L2_SHARE * l2_bytes
+
+
+def resident_programs(device: torch.device, shared_bytes: int) -> int:
+    """Programs of `shared_bytes` of shared memory each that `device` runs at once: its SMs
+    times the programs one SM's shared memory holds. Registers are not counted, so where
+    they are the tighter limit this overcounts, the safe side: on the H100 (264 programs of
+    the block-64 kernel at once) a period of 528 ran within 3.2% of 264, and 132 lost about
+    20% (docs/kernel-tuning.md, "Kernel v9").
+
+    Example:
+        >>> resident_programs(torch.device("cuda"), 112 * 1024)  # H100: 132 SMs, 227 KiB a program at most
+        264
+    """
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    per_sm = triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"] // max(shared_bytes, 1)
+    return sm_count(device) * max(1, per_sm)
 
 
 def heavy_first_order(counts: torch.Tensor) -> torch.Tensor:
@@ -322,26 +254,35 @@ def heavy_first_order(counts: torch.Tensor) -> torch.Tensor:
     return torch.argsort(counts.reshape(-1), descending=True, stable=True).to(torch.int32)
 
 
-def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, config=None, ranges=None):
+def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, config=None, period=None):
     """`block_sparse_attention`, optionally launching the longest rows first, autotuned or
-    (tests) with one given `triton.Config` of `_SPARSE_CONFIGS`, with `ranges` key ranges
-    (default `key_ranges`; 1 with `heavy_first`)."""
+    (tests) with one given `triton.Config` of `_SPARSE_CONFIGS`, with kept blocks walked in
+    key order (`period=0`) or rotated with period `period` (default: `walks_rotate` on the
+    GPU's L2 decides, with `ROTATED_CONFIG` and a period of `resident_programs`)."""
     shape = check_attention_inputs(q, k, v)
     check_mask_matches(mask, shape, q.device)
     check_kernel_block_size(mask.block_size, "mask.block_size")
     check_kernel_inputs(q, shape.head_dim)
     check_block_tiles_fit(q.dtype, shape.head_dim, mask.block_size, "mask.block_size")
     scale = resolve_scale(scale, shape.head_dim)
+    if period is not None and (not isinstance(period, int) or period < 0):
+        raise ValueError(f"period must be None or an int >= 0, got {period!r}")
     B, H, LQ, LK, D = shape
     bs = mask.block_size
     nq = mask.num_q_blocks
     block_d = padded_head_dim(D)
     indices = mask.indices.contiguous()
     counts = mask.counts.contiguous()
-    if config is None and use_hopper_kernel(q, k, v, bs):
+    if config is None and period is None and use_hopper_kernel(q, k, v, bs):
         from .hopper import hopper_attention
 
         return hopper_attention(q, k, v, mask, scale=scale, order=heavy_first_order(counts) if heavy_first else None)
+    default_rotation = period is None and q.device.type == "cuda" and walks_rotate(
+        2 * LK * D * k.element_size(), torch.cuda.get_device_properties(q.device).L2_cache_size, bs)
+    if default_rotation and config is None:
+        fits = smem_estimate(ROTATED_CONFIG.num_stages, bs, 64, block_d, elem_bytes=q.element_size()) <= SMEM_BUDGET
+        config = ROTATED_CONFIG if fits else triton.Config({"BLOCK_N": 64}, **fixed_config(bs, 64, block_d,
+                                                                                           q.element_size()))
     order = heavy_first_order(counts) if heavy_first else counts
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, LQ, device=q.device, dtype=torch.float32)
@@ -353,28 +294,23 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, con
     # Descriptor tiles: the config's height, or (autotuned) any height the pre-hook then resizes.
     rows = bs if tuned else config.kwargs["BLOCK_N"]
     k_arg, v_arg = (row_tiles(k, rows, block_d), row_tiles(v, rows, block_d)) if tma else (k, v)
-    if ranges is None:
-        ranges = 1 if heavy_first else key_ranges(k, bs, indices.shape[-1])
-    if ranges < 1 or (heavy_first and ranges > 1):
-        raise ValueError(f"ranges must be >= 1, and 1 with heavy_first; got {ranges}")
-    if ranges > 1:
-        # Per row: a done-ranges flag, then the ticket counter; the online-softmax state
-        # handed from one range to the next: m and l [rows, 2], acc [rows, BLOCK_D].
-        flags = torch.zeros(B * H * nq + 1, device=q.device, dtype=torch.int32)
-        part_ml = torch.empty(B * H * nq * bs, 2, device=q.device, dtype=torch.float32)
-        part_acc = torch.empty(B * H * nq * bs, block_d, device=q.device, dtype=torch.float32)
-    else:
-        flags = part_ml = part_acc = counts  # unused
-    args = (q, k_arg, v_arg, out, lse, indices, counts, order, flags, part_acc, part_ml, *strides4(q), *strides4(k),
-            *strides4(v), *strides4(out), H, LQ, LK, nq, indices.shape[-1], -(-mask.num_kv_blocks // ranges),
-            scale * LOG2E)
-    meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=bs, ORDERED=heavy_first, EVEN_K=LK % bs == 0, KEY_RANGES=ranges,
-                PRECISION=dot_precision(q.dtype), TMA=tma)
-    grid = (B * H * nq * ranges,)
+    meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=bs, ORDERED=heavy_first, EVEN_K=LK % bs == 0,
+                ROTATED=default_rotation or bool(period), PRECISION=dot_precision(q.dtype), TMA=tma)
+    grid = (B * H * nq,)
+
+    def args(walk_period):
+        return (q, k_arg, v_arg, out, lse, indices, counts, order, *strides4(q), *strides4(k), *strides4(v),
+                *strides4(out), H, LQ, LK, nq, indices.shape[-1], walk_period, scale * LOG2E)
+
+    if default_rotation:
+        # The compiled kernel's shared memory sets how many programs run at once (the
+        # period is not specialized on, so this compiles the kernel launched below).
+        compiled = _block_sparse_attention_fwd_kernel.warmup(*args(1), grid=grid, **meta, **config.all_kwargs())
+        period = resident_programs(q.device, compiled.metadata.shared)
     if tuned:
-        (_block_sparse_ranges_tuned if ranges > 1 else _block_sparse_tuned)[grid](*args, **meta)
+        _block_sparse_tuned[grid](*args(period or 0), **meta)
     else:
-        _block_sparse_attention_fwd_kernel[grid](*args, **meta, **config.all_kwargs())
+        _block_sparse_attention_fwd_kernel[grid](*args(period or 0), **meta, **config.all_kwargs())
     return out, lse
 
 
