@@ -273,7 +273,10 @@ def test_rotated_walks_match_oracle(shape, block_size, period, sparsity, empty):
 
 def test_rotated_walks_with_rows_longer_than_one_scan_chunk():
     """A program counts the kept blocks before its start 256 slots at a time: with 590 kept
-    blocks of 600 and a period of 2, the second row starts at key block 300, past slot 256."""
+    blocks of 600 and a period of 2, the second row starts at key block 300 (slot 295), so
+    the count takes two chunks, and the walk must still visit each of the row's slots once.
+    (Which slot a walk starts from changes only rounding, so this checks the walk, not
+    the start.)"""
     from adaspa.kernels.block_sparse import _block_sparse_attention
 
     q, k, v = make_qkv(1, 1, 32, 9600, 16, torch.float16, False, 9)
