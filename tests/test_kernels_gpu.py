@@ -200,7 +200,7 @@ def test_rotated_walks_at_block_64():
     with no host sync and replayed in a CUDA graph."""
     from adaspa.bench import random_mask
     from adaspa.kernels import block_sparse
-    from adaspa.kernels.block_sparse import L2_SHARE, ROTATED_CONFIG, _block_sparse_attention, resident_programs
+    from adaspa.kernels.block_sparse import L2_SHARE, BLOCK64_CONFIG, _block_sparse_attention, resident_programs
 
     B, H, L, D = 1, 3, 2000, 128
     q, k, v = qkv(B, H, L, D, seed=8)
@@ -226,12 +226,12 @@ def test_rotated_walks_at_block_64():
     want = _block_sparse_attention(q, k, v, mask)  # compiles before the sync check
     assert_close(want[0], o_out, r_out, name="out, default rotated walks")
     assert_close(want[1], o_lse, r_lse, name="lse, default rotated walks")
-    in_order = _block_sparse_attention(q, k, v, mask, period=0, config=ROTATED_CONFIG)
+    in_order = _block_sparse_attention(q, k, v, mask, period=0, config=BLOCK64_CONFIG)
     assert not torch.equal(want[0], in_order[0])  # the default did rotate: some rows round differently
     if torch.cuda.get_device_capability() >= (9, 0):
         # Hopper: 227 KiB of shared memory a program at most, the kernel takes 112 KiB: 2 programs a SM.
         assert resident_programs(q.device, 112 * 1024) == 2 * props.multi_processor_count
-        again = _block_sparse_attention(q, k, v, mask, period=2 * props.multi_processor_count, config=ROTATED_CONFIG)
+        again = _block_sparse_attention(q, k, v, mask, period=2 * props.multi_processor_count, config=BLOCK64_CONFIG)
         assert torch.equal(again[0], want[0]) and torch.equal(again[1], want[1])
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

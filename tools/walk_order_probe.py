@@ -2,7 +2,7 @@
 
 Not part of the package. Times `_block_sparse_attention` with `period=0` (key order), with
 each `--periods` value and with its default (rotated once a head's K / V outgrow half of
-L2), all with `ROTATED_CONFIG`, and FlexAttention on the benchmark's random masks (B=1,
+L2), all with `BLOCK64_CONFIG`, and FlexAttention on the benchmark's random masks (B=1,
 H=24, D=128, bf16, `--budget` uniform or tiered), round-robin: every provider once per round, `--rounds` rounds, the median kept. Round-robin
 because at L = 118784 these kernels hold the H100 at its 700 W power cap, where the SM
 clock drops from 1980 MHz to 1300-1750 MHz within ~0.3 s, so whichever provider runs first
@@ -21,7 +21,7 @@ import statistics
 import torch
 
 from adaspa.bench import Providers, attention_flops, bench_ms, random_mask
-from adaspa.kernels.block_sparse import ROTATED_CONFIG, _block_sparse_attention
+from adaspa.kernels.block_sparse import BLOCK64_CONFIG, _block_sparse_attention
 
 B, H, D, BLOCK = 1, 24, 128, 64
 
@@ -45,9 +45,9 @@ def main() -> None:
                 mask = random_mask(B, H, length, BLOCK, density, args.budget, "cuda")
                 flops = attention_flops(B, H, length, length, D, float(mask.density().mean()))
                 calls = {f"period_{p}": (lambda p=p: _block_sparse_attention(q, k, v, mask, period=p,
-                                                                             config=ROTATED_CONFIG))
+                                                                             config=BLOCK64_CONFIG))
                          for p in [0, *args.periods]}
-                calls["default"] = lambda: _block_sparse_attention(q, k, v, mask, config=ROTATED_CONFIG)
+                calls["default"] = lambda: _block_sparse_attention(q, k, v, mask, config=BLOCK64_CONFIG)
                 calls["flex"] = providers.flex_call(q, k, v, mask)
                 for call in calls.values():  # compile and autotune outside the timed rounds
                     call()

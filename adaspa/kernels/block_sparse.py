@@ -193,7 +193,7 @@ def _sparse_configs_prune(configs, named_args, **kwargs):
 # blocks or whole fractions of one, 64-256 rows (narrower wastes the tensor cores), no
 # gathered tiles for TMA, and the pipelined tiles within shared memory: for D = 128, 3
 # configs at block 64 and 4 at block 128 through TMA (4 and 4 through pointers;
-# docs/kernel-tuning.md).
+# docs/kernel-tuning.md). Block 64 through TMA runs `BLOCK64_CONFIG` instead of tuning.
 _SPARSE_CONFIGS = [
     triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=set_tile_rows({"K": "BLOCK_N", "V": "BLOCK_N"}))
     for bn in (64, 128, 256) for w in (4, 8) for s in (2, 3, 4)
@@ -205,10 +205,15 @@ _block_sparse_tuned = triton.autotune(
 )(_block_sparse_attention_fwd_kernel)
 
 #: Share of L2 a head's K and V may fill before block-64 rows walk from staggered starts
-#: (`walks_rotate`), and the config of those walks: the 64-row x 3-stage tiles that every
-#: probe of kernels v8 and v9 ran, as fast as the autotuned kernel (docs/kernel-tuning.md).
+#: (`walks_rotate`).
 L2_SHARE = 0.5
-ROTATED_CONFIG = triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3)
+
+#: The config of block 64 through the copy engine (Hopper) and of rotated walks, instead
+#: of the autotuner: 64-row tiles, 3 stages, 2 programs per SM at D = 128. Every probe of
+#: kernels v8 and v9 ran it; the autotuner, which times its candidates once per process
+#: under the power cap, picked one 7% slower in run 24 (docs/kernel-tuning.md, "Kernel
+#: v9"), and rotated walks need the compiled kernel's shared memory before the launch.
+BLOCK64_CONFIG = triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3)
 
 
 def walks_rotate(head_kv_bytes: int, l2_bytes: int, block_size: int) -> bool:
@@ -255,10 +260,11 @@ def heavy_first_order(counts: torch.Tensor) -> torch.Tensor:
 
 
 def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, config=None, period=None):
-    """`block_sparse_attention`, optionally launching the longest rows first, autotuned or
-    (tests) with one given `triton.Config` of `_SPARSE_CONFIGS`, with kept blocks walked in
-    key order (`period=0`) or rotated with period `period` (default: `walks_rotate` on the
-    GPU's L2 decides, with `ROTATED_CONFIG` and a period of `resident_programs`)."""
+    """`block_sparse_attention`, optionally launching the longest rows first, with `config`
+    (default: `BLOCK64_CONFIG` at block 64 through the copy engine or with rotated walks,
+    else the autotuner; tests pass one of `_SPARSE_CONFIGS`), with kept blocks walked in key
+    order (`period=0`) or rotated with period `period` (default: `walks_rotate` on the GPU's
+    L2 decides, with a period of `resident_programs`)."""
     shape = check_attention_inputs(q, k, v)
     check_mask_matches(mask, shape, q.device)
     check_kernel_block_size(mask.block_size, "mask.block_size")
@@ -279,14 +285,14 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, con
         return hopper_attention(q, k, v, mask, scale=scale, order=heavy_first_order(counts) if heavy_first else None)
     default_rotation = period is None and q.device.type == "cuda" and walks_rotate(
         2 * LK * D * k.element_size(), torch.cuda.get_device_properties(q.device).L2_cache_size, bs)
-    if default_rotation and config is None:
-        fits = smem_estimate(ROTATED_CONFIG.num_stages, bs, 64, block_d, elem_bytes=q.element_size()) <= SMEM_BUDGET
-        config = ROTATED_CONFIG if fits else triton.Config({"BLOCK_N": 64}, **fixed_config(bs, 64, block_d,
+    tma = tma_eligible(k, v, block_d=block_d)
+    if config is None and bs == 64 and (tma or default_rotation):
+        fits = smem_estimate(BLOCK64_CONFIG.num_stages, bs, 64, block_d, elem_bytes=q.element_size()) <= SMEM_BUDGET
+        config = BLOCK64_CONFIG if fits else triton.Config({"BLOCK_N": 64}, **fixed_config(bs, 64, block_d,
                                                                                            q.element_size()))
     order = heavy_first_order(counts) if heavy_first else counts
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, LQ, device=q.device, dtype=torch.float32)
-    tma = tma_eligible(k, v, block_d=block_d)
     tuned = config is None and use_autotune(q.dtype, block_d, bs)
     if config is None and not tuned:
         block_n = bs if tma else max(bs, 64)
