@@ -286,14 +286,15 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, con
     default_rotation = period is None and q.device.type == "cuda" and walks_rotate(
         2 * LK * D * k.element_size(), torch.cuda.get_device_properties(q.device).L2_cache_size, bs)
     tma = tma_eligible(k, v, block_d=block_d)
-    if config is None and bs == 64 and (tma or default_rotation):
-        fits = smem_estimate(BLOCK64_CONFIG.num_stages, bs, 64, block_d, elem_bytes=q.element_size()) <= SMEM_BUDGET
-        config = BLOCK64_CONFIG if fits else triton.Config({"BLOCK_N": 64}, **fixed_config(bs, 64, block_d,
-                                                                                           q.element_size()))
+    # One config, not the autotuner: BLOCK64_CONFIG where it fits, else the fixed one below.
+    untuned_block64 = bs == 64 and (tma or default_rotation)
+    if config is None and untuned_block64 and smem_estimate(
+            BLOCK64_CONFIG.num_stages, bs, 64, block_d, elem_bytes=q.element_size()) <= SMEM_BUDGET:
+        config = BLOCK64_CONFIG
     order = heavy_first_order(counts) if heavy_first else counts
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, LQ, device=q.device, dtype=torch.float32)
-    tuned = config is None and use_autotune(q.dtype, block_d, bs)
+    tuned = config is None and not untuned_block64 and use_autotune(q.dtype, block_d, bs)
     if config is None and not tuned:
         block_n = bs if tma else max(bs, 64)
         config = triton.Config({"BLOCK_N": block_n}, **fixed_config(bs, block_n, block_d, q.element_size()))
