@@ -200,7 +200,7 @@ def test_rotated_walks_at_block_64():
     with no host sync and replayed in a CUDA graph."""
     from adaspa.bench import random_mask
     from adaspa.kernels import block_sparse
-    from adaspa.kernels.block_sparse import L2_SHARE, BLOCK64_CONFIG, _block_sparse_attention, resident_programs
+    from adaspa.kernels.block_sparse import BLOCK64_CONFIG, L2_SHARE, _block_sparse_attention, resident_programs
 
     B, H, L, D = 1, 3, 2000, 128
     q, k, v = qkv(B, H, L, D, seed=8)

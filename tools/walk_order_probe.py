@@ -3,8 +3,9 @@
 Not part of the package. Times `_block_sparse_attention` with `period=0` (key order), with
 each `--periods` value and with its default (rotated once a head's K / V outgrow half of
 L2), all with `BLOCK64_CONFIG`, and FlexAttention on the benchmark's random masks (B=1,
-H=24, D=128, bf16, `--budget` uniform or tiered), round-robin: every provider once per round, `--rounds` rounds, the median kept. Round-robin
-because at L = 118784 these kernels hold the H100 at its 700 W power cap, where the SM
+H=24, D=128, bf16, `--budget` uniform or tiered), round-robin: every provider once per
+round, `--rounds` rounds, the median kept. Round-robin because at L = 118784 these
+kernels hold the H100 at its 700 W power cap, where the SM
 clock drops from 1980 MHz to 1300-1750 MHz within ~0.3 s, so whichever provider runs first
 after an idle gap is flattered (4-5% in run 4 of docs/bench/h100-v8/; docs/kernel-tuning.md,
 "Kernel v8"). The numbers behind `walks_rotate` (docs/kernel-tuning.md, "Kernel v9"). Usage,
