@@ -6,6 +6,8 @@ hypothesis equivalence tests live in tests/test_kernels.py and also run on a GPU
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -21,6 +23,17 @@ def qkv(batch, heads, length, dim, dtype=torch.bfloat16, seq_major=True, seed=0)
         return [torch.randn(batch, length, heads, dim, generator=g, device="cuda", dtype=dtype).transpose(1, 2)
                 for _ in range(3)]
     return [torch.randn(batch, heads, length, dim, generator=g, device="cuda", dtype=dtype) for _ in range(3)]
+
+
+@contextlib.contextmanager
+def no_host_sync():
+    """Any host-device synchronization inside the block raises (pending work is waited for first)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def adaptive_mask(mass, length, block_size, sparsity=0.8):
@@ -46,12 +59,8 @@ def sparse_step(q, k, v, block_size):
 def test_sparse_step_makes_no_host_sync(block_size):
     q, k, v = qkv(1, 4, 1000, 128)
     sparse_step(q, k, v, block_size)  # autotuning synchronizes, so it happens before the check
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         results = sparse_step(q, k, v, block_size)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert all(not torch.isnan(r).any() for r in results)
 
 
@@ -233,12 +242,8 @@ def test_rotated_walks_at_block_64():
         assert resident_programs(q.device, 112 * 1024) == 2 * props.multi_processor_count
         again = _block_sparse_attention(q, k, v, mask, period=2 * props.multi_processor_count, config=BLOCK64_CONFIG)
         assert torch.equal(again[0], want[0]) and torch.equal(again[1], want[1])
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         got = _block_sparse_attention(q, k, v, mask)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
