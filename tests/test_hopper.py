@@ -33,12 +33,17 @@ def test_kernels_compile_for_hopper_without_spills():
                             env=env, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(rows) == 6, result.stdout
+    assert len(rows) == 8, result.stdout
     for row in rows:
         assert row["stack_bytes"] == 0, f"{row['name']}: {row['stack_bytes']} bytes of spills"
     # Attention and fused search: Q (2 x 64 rows) and two 128-row K and V slots. LSE-cached
     # search: Q (4 x 64 rows) and six 64-row K slots. 160 KiB at D = 128, 80 at D = 64.
-    assert [row["shared_kib"] for row in rows] == [160, 80, 160, 80, 160, 80]
+    # Block 64: Q (64 rows) and three 64-row K and V slots, as `hopper.block64_footprint`
+    # counts: 112 KiB at D = 128, 56 at D = 64.
+    from adaspa.kernels.hopper import block64_footprint
+
+    assert [row["shared_kib"] for row in rows] == [160, 112, 56, 80, 160, 80, 160, 80]
+    assert [block64_footprint(dim, 2)[0] // 1024 for dim in (128, 64)] == [112, 56]
 
 
 def _qkv(batch, heads, q_len, kv_len, dim, dtype, seq_major, seed):
@@ -52,18 +57,18 @@ def _qkv(batch, heads, q_len, kv_len, dim, dtype, seq_major, seed):
     return make(q_len), make(kv_len), make(kv_len)
 
 
-def _random_mask(batch, heads, q_len, kv_len, keep, seed):
-    """Random block-128 mask keeping about `keep` of each row, with row 1 of head 0 empty."""
+def _random_mask(batch, heads, q_len, kv_len, keep, seed, block_size=128):
+    """Random mask keeping about `keep` of each row, with row 1 of head 0 empty."""
     from adaspa.selection import select_blocks
 
     g = torch.Generator(device="cuda").manual_seed(seed)
-    nq, nk = -(-q_len // 128), -(-kv_len // 128)
+    nq, nk = -(-q_len // block_size), -(-kv_len // block_size)
     mass = torch.rand(batch, heads, nq, nk, generator=g, device="cuda")
-    mask = select_blocks(mass, torch.full((batch, heads), 1.0 - keep, device="cuda"), block_size=128, q_len=q_len,
-                         kv_len=kv_len)
+    mask = select_blocks(mass, torch.full((batch, heads), 1.0 - keep, device="cuda"), block_size=block_size,
+                         q_len=q_len, kv_len=kv_len)
     counts = mask.counts.clone()
     counts[0, 0, min(1, nq - 1)] = 0
-    return BlockSparseMask(mask.indices, counts, 128, q_len, kv_len)
+    return BlockSparseMask(mask.indices, counts, block_size, q_len, kv_len)
 
 
 @pytest.fixture
@@ -100,13 +105,40 @@ def test_dense_and_sparse_match_oracle(hopper_calls, dtype, dim, seq_major, q_le
     assert_close(out, o_out, r_out, name="dense out")
     assert_close(lse, o_lse, r_lse, name="dense lse")
 
-    mask = _random_mask(2, 3, q_len, kv_len, keep=0.4, seed=q_len)
+    for block_size in (128, 64):
+        mask = _random_mask(2, 3, q_len, kv_len, keep=0.4, seed=q_len, block_size=block_size)
+        (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+        out, lse = kernels.block_sparse_attention(q, k, v, mask)
+        assert_close(out, o_out, r_out, name=f"sparse out, block {block_size}")
+        assert_close(lse, o_lse, r_lse, name=f"sparse lse, block {block_size}")
+        empty = slice(block_size, 2 * block_size)
+        assert torch.isinf(lse[0, 0, empty]).all() and (out[0, 0, empty] == 0).all(), "empty row"
+    assert hopper_calls == [False, False, False]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, dim, seq_major, q_len, kv_len", [
+    (torch.bfloat16, 128, True, 1000, 2049),
+    (torch.float16, 64, False, 700, 1024),
+])
+def test_block64_rotated_walks_match_oracle(dtype, dim, seq_major, q_len, kv_len):
+    """The block-64 kernel walking rows from staggered starts (ragged Lk included: the last,
+    partial block may come anywhere in a rotated walk) against the oracle; period 1 starts
+    every walk at key block 0, so it is the walk in key order bit for bit."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("needs a Hopper GPU")
+    from adaspa.kernels.hopper import hopper_attention
+
+    q, k, v = _qkv(2, 3, q_len, kv_len, dim, dtype, seq_major, seed=kv_len)
+    mask = _random_mask(2, 3, q_len, kv_len, keep=0.4, seed=kv_len, block_size=64)
     (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
-    out, lse = kernels.block_sparse_attention(q, k, v, mask)
-    assert_close(out, o_out, r_out, name="sparse out")
-    assert_close(lse, o_lse, r_lse, name="sparse lse")
-    assert torch.isinf(lse[0, 0, 128:256]).all() and (out[0, 0, 128:256] == 0).all(), "empty row"
-    assert hopper_calls == [False, False]
+    in_order = hopper_attention(q, k, v, mask, scale=dim ** -0.5)
+    for period in (1, 7, 264):
+        out, lse = hopper_attention(q, k, v, mask, scale=dim ** -0.5, period=period)
+        assert_close(out, o_out, r_out, name=f"out, period {period}")
+        assert_close(lse, o_lse, r_lse, name=f"lse, period {period}")
+        if period == 1:
+            assert torch.equal(out, in_order[0]) and torch.equal(lse, in_order[1])
 
 
 @pytest.mark.gpu
@@ -125,15 +157,20 @@ def test_heavy_first_order_and_keep_all_mask(hopper_calls):
                                                                                      device="cuda"))
     dense_out, dense_lse = kernels.attention(q, k, v)
     assert torch.equal(full_out, dense_out) and torch.equal(full_lse, dense_lse)
-    assert hopper_calls == [False, True, False, False]
+    mask = _random_mask(1, 3, 900, 900, keep=0.3, seed=9, block_size=64)
+    row_out, row_lse = kernels.block_sparse_attention(q, k, v, mask)
+    heavy_out, heavy_lse = block_sparse._block_sparse_attention(q, k, v, mask, heavy_first=True)
+    assert torch.equal(row_out, heavy_out) and torch.equal(row_lse, heavy_lse), "block 64"
+    assert hopper_calls == [False, True, False, False, False, True]
 
 
 @pytest.mark.gpu
-def test_triton_path_when_turned_off(hopper_calls, monkeypatch):
+@pytest.mark.parametrize("block_size", [128, 64])
+def test_triton_path_when_turned_off(hopper_calls, monkeypatch, block_size):
     from adaspa import kernels
 
     q, k, v = _qkv(1, 2, 500, 500, 128, torch.bfloat16, True, seed=3)
-    mask = _random_mask(1, 2, 500, 500, keep=0.5, seed=3)
+    mask = _random_mask(1, 2, 500, 500, keep=0.5, seed=3, block_size=block_size)
     paths = _gluon_and_triton(monkeypatch, hopper_calls, lambda: kernels.block_sparse_attention(q, k, v, mask))
     assert hopper_calls == [False]
     _assert_paths_close(paths, ("out", "lse"),

@@ -205,10 +205,12 @@ def test_rotated_walks_at_block_64():
     """Rows walked from staggered starts (block 64, once a head's K / V outgrow half of L2):
     every config at periods 1, 7 and 264 against the oracle, period 1 bit for bit against the
     walk in key order; then the default path just past the rule's length on this GPU (rotated
-    there, with the period the compiled kernel's shared memory gives) against the oracle,
-    with no host sync and replayed in a CUDA graph."""
+    there, with the period the kernel's shared memory and registers give; on Hopper the
+    Gluon kernel, else the Triton one) against the oracle, with no host sync and replayed in
+    a CUDA graph."""
     from adaspa.bench import random_mask
     from adaspa.kernels import block_sparse
+    from adaspa.kernels._launch import use_hopper_kernel
     from adaspa.kernels.block_sparse import BLOCK64_CONFIG, L2_SHARE, _block_sparse_attention, resident_programs
 
     B, H, L, D = 1, 3, 2000, 128
@@ -235,12 +237,24 @@ def test_rotated_walks_at_block_64():
     want = _block_sparse_attention(q, k, v, mask)  # compiles before the sync check
     assert_close(want[0], o_out, r_out, name="out, default rotated walks")
     assert_close(want[1], o_lse, r_lse, name="lse, default rotated walks")
-    in_order = _block_sparse_attention(q, k, v, mask, period=0, config=BLOCK64_CONFIG)
+    if use_hopper_kernel(q, k, v, 64):
+        from adaspa.kernels.hopper import block64_footprint, hopper_attention
+
+        def walk(period):
+            return hopper_attention(q, k, v, mask, scale=D ** -0.5, period=period)
+
+        # 112 KiB of shared memory and 8 warps of 128 registers a program: 2 programs a SM.
+        assert resident_programs(q.device, *block64_footprint(D, 2)) == 2 * props.multi_processor_count
+    else:
+        def walk(period):
+            return _block_sparse_attention(q, k, v, mask, period=period, config=BLOCK64_CONFIG)
+
+    in_order = walk(0)
     assert not torch.equal(want[0], in_order[0])  # the default did rotate: some rows round differently
     if torch.cuda.get_device_capability() >= (9, 0):
-        # Hopper: 227 KiB of shared memory a program at most, the kernel takes 112 KiB: 2 programs a SM.
+        # Hopper: 227 KiB of shared memory a program at most, either kernel takes 112 KiB: 2 programs a SM.
         assert resident_programs(q.device, 112 * 1024) == 2 * props.multi_processor_count
-        again = _block_sparse_attention(q, k, v, mask, period=2 * props.multi_processor_count, config=BLOCK64_CONFIG)
+        again = walk(2 * props.multi_processor_count)
         assert torch.equal(again[0], want[0]) and torch.equal(again[1], want[1])
     with no_host_sync():
         got = _block_sparse_attention(q, k, v, mask)

@@ -95,7 +95,8 @@ def sparse(block_n, bs, warps, stages, even_k=True, rotated=False):
     return resources(block_sparse._block_sparse_attention_fwd_kernel, signature, constants, warps, stages)
 
 
-def gluon_attention(head_dim, dense, ordered=False, even_k=True, mass_bs=None):
+def gluon_attention(head_dim, dense, ordered=False, even_k=True, mass_bs=None, block=128, rotated=False):
+    """The warp-specialized attention kernel; `block=64` is its one-consumer block-64 form."""
     from triton.experimental.gluon import language as gl
 
     from adaspa.kernels import hopper
@@ -103,13 +104,16 @@ def gluon_attention(head_dim, dense, ordered=False, even_k=True, mass_bs=None):
     def gluon_tiles(rows):
         return tiles(rows, head_dim, gl.NVMMASharedLayout.get_default_for([1, 1, rows, head_dim], gl.bfloat16))
 
-    signature = {"q_desc": gluon_tiles(64), "k_desc": gluon_tiles(128), "v_desc": gluon_tiles(128),
+    signature = {"q_desc": gluon_tiles(64), "k_desc": gluon_tiles(block), "v_desc": gluon_tiles(block),
                  "o_desc": gluon_tiles(64), "LSE": "*fp32", "INDICES": "*i32", "COUNTS": "*i32", "ORDER": "*i32",
-                 **ints("H", "LQ", "LK", "NQB", "MAX_KEPT"), "qk_scale": "fp32", "MASS": "*fp32", "SCRATCH": "*fp32",
-                 "LOCKS": "*i32", **ints("N_SLOTS", "MASS_NQB", "NKB")}
+                 **ints("H", "LQ", "LK", "NQB", "MAX_KEPT", "PERIOD"), "qk_scale": "fp32", "MASS": "*fp32",
+                 "SCRATCH": "*fp32", "LOCKS": "*i32", **ints("N_SLOTS", "MASS_NQB", "NKB")}
+    one_consumer = block == 64
     constants = dict(HEAD_D=head_dim, DENSE=dense, ORDERED=ordered, EVEN_K=even_k, WITH_MASS=mass_bs is not None,
-                     BS=mass_bs or 128)
-    return resources(hopper._attention_ws_fwd_kernel, signature, constants, 4, maxnreg=hopper.MAXNREG)
+                     BS=mass_bs or block, CONSUMERS=block // 64,
+                     STAGES=hopper.BLOCK64_STAGES if one_consumer else hopper.STAGES, ROTATED=rotated)
+    return resources(hopper._attention_ws_fwd_kernel, signature, constants, 4,
+                     maxnreg=hopper.BLOCK64_MAXNREG if one_consumer else hopper.MAXNREG)
 
 
 def gluon_cached_search(head_dim, bs, even_k=True):
@@ -137,6 +141,9 @@ ROWS = [
     ("block-sparse, block 64, rotated walks", lambda: sparse(64, 64, 4, 3, rotated=True)),
     ("block-sparse, block 128, 128-row tiles, 2 stages", lambda: sparse(128, 128, 8, 2)),
     ("Gluon, block-sparse, D = 128", lambda: gluon_attention(128, dense=False)),
+    ("Gluon, block-sparse 64, D = 128, rotated", lambda: gluon_attention(128, False, block=64, rotated=True)),
+    ("Gluon, block-sparse 64, D = 64, ragged, rotated", lambda: gluon_attention(64, False, True, False, block=64,
+                                                                                 rotated=True)),
     ("Gluon, dense, D = 64, ragged Lk, heavy-first order", lambda: gluon_attention(64, True, True, False)),
     ("Gluon, fused search, block 64, D = 128", lambda: gluon_attention(128, True, mass_bs=64)),
     ("Gluon, fused search, block 128, D = 64, ragged Lk", lambda: gluon_attention(64, True, even_k=False, mass_bs=128)),

@@ -200,9 +200,9 @@ def hopper_eligible(q: torch.Tensor, *others: torch.Tensor) -> bool:
 
 def use_hopper_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int = 128) -> bool:
     """True when the warp-specialized attention kernel (`adaspa/kernels/hopper.py`) runs these inputs:
-    `hopper_eligible`, and a block size of 128 (dense attention passes 128, its tile height).
-    Anything else runs the Triton kernels, which handle every supported input."""
-    return block_size == 128 and hopper_eligible(q, k, v)
+    `hopper_eligible`, and a block size of 64 or 128 (dense attention passes 128, its tile
+    height). Anything else runs the Triton kernels, which handle every supported input."""
+    return block_size in (64, 128) and hopper_eligible(q, k, v)
 
 
 def use_hopper_search(q: torch.Tensor, *others: torch.Tensor, block_size: int) -> bool:

@@ -7,7 +7,10 @@ fraction of one (e.g. 64 rows at block 128), read as contiguous rows: on Hopper 
 aligned half-precision inputs through the tensor copy engine (TMA: one `[BLOCK_N, D]` box,
 zeros past Lk), else through pointers. Through pointers a tile may also gather several
 kept blocks row by row (so a 16-row block size still gets 64-wide dots). The softmax runs
-over the kept keys only; a row with no kept block writes `out = 0`, `lse = -inf`.
+over the kept keys only; a row with no kept block writes `out = 0`, `lse = -inf`. On
+Hopper, half-precision inputs the copy engine accepts run the warp-specialized Gluon
+kernel instead (`hopper.py`, block 64 and 128, with the same walk order); this kernel
+runs everything else, and every input when a test or probe forces a `config` or `period`.
 
 Load balance: heads keep different numbers of blocks (three tiers), and rows differ too.
 Programs are launched in row order, (batch, head, query block), so neighbouring programs
@@ -238,19 +241,23 @@ def walks_rotate(head_kv_bytes: int, l2_bytes: int, block_size: int) -> bool:
     return block_size == 64 and head_kv_bytes > L2_SHARE * l2_bytes
 
 
-def resident_programs(device: torch.device, shared_bytes: int) -> int:
-    """Programs of `shared_bytes` of shared memory each that `device` runs at once: its SMs
-    times the programs one SM's shared memory holds. Registers are not counted, so where
-    they are the tighter limit this overcounts, the safe side: on the H100 (264 programs of
-    the block-64 kernel at once) a period of 528 ran within 3.2% of 264, and 132 lost about
-    20% (docs/kernel-tuning.md, "Kernel v9").
+def resident_programs(device: torch.device, shared_bytes: int, registers: int = 0) -> int:
+    """Programs of `shared_bytes` of shared memory and `registers` registers each (0: not
+    counted) that `device` runs at once: its SMs times the programs one SM holds. Where
+    registers are not counted and are the tighter limit this overcounts, the safe side: on
+    the H100 (264 programs of the block-64 kernel at once) a period of 528 ran within 3.2%
+    of 264, and 132 lost about 20% (docs/kernel-tuning.md, "Kernel v9").
 
     Example:
         >>> resident_programs(torch.device("cuda"), 112 * 1024)  # H100: 132 SMs, 227 KiB a program at most
         264
+        >>> resident_programs(torch.device("cuda"), 56 * 1024, registers=32768)  # 64K registers an SM
+        264
     """
     index = device.index if device.index is not None else torch.cuda.current_device()
     per_sm = triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"] // max(shared_bytes, 1)
+    if registers:
+        per_sm = min(per_sm, 65536 // registers)
     return sm_count(device) * max(1, per_sm)
 
 
@@ -264,7 +271,9 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, con
     (default: `BLOCK64_CONFIG` at block 64 through the copy engine or with rotated walks,
     else the autotuner; tests pass one of `_SPARSE_CONFIGS`), with kept blocks walked in key
     order (`period=0`) or rotated with period `period` (default: `walks_rotate` on the GPU's
-    L2 decides, with a period of `resident_programs`)."""
+    L2 decides, with a period of `resident_programs`). With neither `config` nor `period`,
+    inputs `use_hopper_kernel` accepts run the Gluon kernel (`hopper.hopper_attention`), its
+    period from `hopper.block64_footprint`; a `config` or `period` forces this Triton kernel."""
     shape = check_attention_inputs(q, k, v)
     check_mask_matches(mask, shape, q.device)
     check_kernel_block_size(mask.block_size, "mask.block_size")
@@ -279,12 +288,14 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, con
     block_d = padded_head_dim(D)
     indices = mask.indices.contiguous()
     counts = mask.counts.contiguous()
-    if config is None and period is None and use_hopper_kernel(q, k, v, bs):
-        from .hopper import hopper_attention
-
-        return hopper_attention(q, k, v, mask, scale=scale, order=heavy_first_order(counts) if heavy_first else None)
     default_rotation = period is None and q.device.type == "cuda" and walks_rotate(
         2 * LK * D * k.element_size(), torch.cuda.get_device_properties(q.device).L2_cache_size, bs)
+    if config is None and period is None and use_hopper_kernel(q, k, v, bs):
+        from .hopper import block64_footprint, hopper_attention
+
+        walk_period = resident_programs(q.device, *block64_footprint(D, q.element_size())) if default_rotation else 0
+        return hopper_attention(q, k, v, mask, scale=scale, order=heavy_first_order(counts) if heavy_first else None,
+                                period=walk_period)
     tma = tma_eligible(k, v, block_d=block_d)
     # One config, not the autotuner: BLOCK64_CONFIG where it fits, else the fixed one below.
     untuned_block64 = bs == 64 and (tma or default_rotation)
