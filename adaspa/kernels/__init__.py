@@ -9,8 +9,8 @@ Inputs are float16 / bfloat16 / float32 CUDA tensors of any strides with D <= 25
 sizes 16, 32, 64 or 128 (float32 with D > 128 only at block sizes <= 64 in the three block
 ops: 128-row float32 tiles of that D exceed shared memory). CPU tensors run under Triton's
 interpreter when `TRITON_INTERPRET=1` (slow; for tests), else raise. On Hopper GPUs,
-`attention`, `block_sparse_attention` at block size 128 and both searches at block sizes
-64 and 128 run warp-specialized Gluon kernels for float16 / bfloat16 inputs with D of 64
+`attention`, and `block_sparse_attention` and both searches at block sizes 64 and 128,
+run warp-specialized Gluon kernels for float16 / bfloat16 inputs with D of 64
 or 128 (`hopper.py`, `hopper_search.py`; `ADASPA_GLUON=0` turns them off). At block size
 64, once a head's K and V outgrow half of the GPU's L2, `block_sparse_attention` starts
 each row's walk over its kept blocks at a staggered key block and wraps around, so the

@@ -55,7 +55,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ._launch import LOG2E, scratch_slots
 
-#: Query rows per consumer warpgroup (one wgmma M tile of 4 warps); a program has two.
+#: Query rows per consumer warpgroup (one wgmma M tile of 4 warps); a program has two, or one at block 64.
 WG_ROWS = gl.constexpr(64)
 #: Rows of a query block and of a key tile with two consumers (dense, block 128, the fused search).
 BLOCK = gl.constexpr(128)
