@@ -73,7 +73,8 @@ def _random_mask(batch, heads, q_len, kv_len, keep, seed, block_size=128):
 
 @pytest.fixture
 def hopper_calls(monkeypatch):
-    """Count the calls that reach `hopper.hopper_attention` (the dispatch imports it per call)."""
+    """The `order` of each call that reaches `hopper.hopper_attention` (the dispatch imports it
+    per call): None for dense attention, the launch order of a block-sparse call."""
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("needs a Hopper GPU")
     from adaspa.kernels import hopper
@@ -82,7 +83,7 @@ def hopper_calls(monkeypatch):
     original = hopper.hopper_attention
 
     def counted(*args, **kwargs):
-        calls.append(kwargs.get("order") is not None)
+        calls.append(kwargs.get("order"))
         return original(*args, **kwargs)
 
     monkeypatch.setattr(hopper, "hopper_attention", counted)
@@ -98,6 +99,7 @@ def hopper_calls(monkeypatch):
 ])
 def test_dense_and_sparse_match_oracle(hopper_calls, dtype, dim, seq_major, q_len, kv_len):
     from adaspa import kernels
+    from adaspa.kernels import block_sparse
 
     q, k, v = _qkv(2, 3, q_len, kv_len, dim, dtype, seq_major, seed=q_len)
     (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.attention, q, k, v)
@@ -113,7 +115,8 @@ def test_dense_and_sparse_match_oracle(hopper_calls, dtype, dim, seq_major, q_le
         assert_close(lse, o_lse, r_lse, name=f"sparse lse, block {block_size}")
         empty = slice(block_size, 2 * block_size)
         assert torch.isinf(lse[0, 0, empty]).all() and (out[0, 0, empty] == 0).all(), "empty row"
-    assert hopper_calls == [False, False, False]
+        assert torch.equal(hopper_calls[-1], block_sparse.launch_order(mask)), "launched long rows first"
+    assert hopper_calls[0] is None and len(hopper_calls) == 3
 
 
 @pytest.mark.gpu
@@ -143,8 +146,9 @@ def test_block64_rotated_walks_match_oracle(dtype, dim, seq_major, q_len, kv_len
 
 @pytest.mark.gpu
 def test_heavy_first_order_and_keep_all_mask(hopper_calls):
-    """Each program does the same work in either order, and a keep-all mask is the dense
-    loop over the same tiles: both are bit-for-bit equal."""
+    """Without rotated walks each program does the same work in any order (here heavy first
+    against the default, long rows first), and a keep-all mask is the dense loop over the same
+    tiles: both are bit-for-bit equal."""
     from adaspa import kernels
     from adaspa.kernels import block_sparse
 
@@ -157,11 +161,14 @@ def test_heavy_first_order_and_keep_all_mask(hopper_calls):
                                                                                      device="cuda"))
     dense_out, dense_lse = kernels.attention(q, k, v)
     assert torch.equal(full_out, dense_out) and torch.equal(full_lse, dense_lse)
-    mask = _random_mask(1, 3, 900, 900, keep=0.3, seed=9, block_size=64)
+    mask128, mask = mask, _random_mask(1, 3, 900, 900, keep=0.3, seed=9, block_size=64)
     row_out, row_lse = kernels.block_sparse_attention(q, k, v, mask)
     heavy_out, heavy_lse = block_sparse._block_sparse_attention(q, k, v, mask, heavy_first=True)
     assert torch.equal(row_out, heavy_out) and torch.equal(row_lse, heavy_lse), "block 64"
-    assert hopper_calls == [False, True, False, False, False, True]
+    assert [order is None for order in hopper_calls] == [False, False, False, True, False, False]
+    for heavy, counts in ((hopper_calls[1], mask128.counts), (hopper_calls[5], mask.counts)):
+        counts = counts.reshape(-1)[heavy.long()]
+        assert bool((counts[:-1] >= counts[1:]).all()), "heavy first"
 
 
 @pytest.mark.gpu
@@ -172,7 +179,6 @@ def test_triton_path_when_turned_off(hopper_calls, monkeypatch, block_size):
     q, k, v = _qkv(1, 2, 500, 500, 128, torch.bfloat16, True, seed=3)
     mask = _random_mask(1, 2, 500, 500, keep=0.5, seed=3, block_size=block_size)
     paths = _gluon_and_triton(monkeypatch, hopper_calls, lambda: kernels.block_sparse_attention(q, k, v, mask))
-    assert hopper_calls == [False]
     _assert_paths_close(paths, ("out", "lse"),
                         *oracle_and_reference(reference.block_sparse_attention, q, k, v, mask))
 

@@ -247,6 +247,43 @@ def test_heavy_first_order_gives_the_same_result():
     assert_close(ordered[1], oracle[1], ref[1], name="lse")
 
 
+def test_long_rows_launch_first_and_once_per_mask():
+    """Rows over LONG_ROW_FACTOR x the mean count (AdaSpa's text rows) launch first, the rest in
+    row order; the order is computed once per mask; it does not change a bit of the result."""
+    import gc
+
+    from adaspa.kernels import block_sparse
+    from adaspa.kernels.block_sparse import _block_sparse_attention, launch_order, long_rows_first_order
+
+    counts = torch.full((2, 3, 8), 3, dtype=torch.int32)
+    assert long_rows_first_order(counts).tolist() == list(range(48))  # no long rows: row order
+    counts[0, 1, 7] = counts[1, 2, 0] = 80  # 80 > 4 x mean (~6.2)
+    counts[1, 0, 4] = 20  # under 4 x mean: stays in place
+    order = long_rows_first_order(counts).tolist()
+    assert order[:2] == [15, 40] and order[2:] == [r for r in range(48) if r not in (15, 40)]
+
+    q, k, v = make_qkv(1, 2, 130, 130, 32, torch.float16, False, 7)
+    keep = torch.zeros(1, 2, 9, 9, dtype=torch.bool)
+    keep[..., 0] = True  # a "text" column
+    keep[:, :, 8] = True  # a "text" row keeping every key block
+    keep[0, 0, 3, 2] = keep[0, 1, 5, 6] = True
+    mask = BlockSparseMask.from_dense(keep.to(DEVICE), 16, 130, 130)
+    assert launch_order(mask).tolist()[:2] == [8, 17]
+    assert launch_order(mask) is launch_order(mask)
+    out, lse = _block_sparse_attention(q, k, v, mask)
+    row_order = block_sparse._launch_orders[id(mask.counts)] = torch.arange(18, dtype=torch.int32, device=DEVICE)
+    assert launch_order(mask) is row_order
+    naive = _block_sparse_attention(q, k, v, mask)
+    assert torch.equal(out, naive[0]) and torch.equal(lse, naive[1])
+    oracle, ref = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+    assert_close(out, oracle[0], ref[0], name="out")
+    assert_close(lse, oracle[1], ref[1], name="lse")
+    kept = len(block_sparse._launch_orders)
+    del mask
+    gc.collect()
+    assert len(block_sparse._launch_orders) == kept - 1
+
+
 @settings(max_examples=examples(10), suppress_health_check=[HealthCheck.too_slow])
 @given(shape=shapes(), block_size=BLOCKS, period=st.sampled_from([2, 3, 5]),
        sparsity=st.sampled_from([0.0, 0.5, 0.8]), empty=st.sampled_from([0.0, 0.3]))

@@ -90,7 +90,8 @@ def sparse(block_n, bs, warps, stages, even_k=True, rotated=False):
     signature = {"Q": "*bf16", "K": tiles(block_n), "V": tiles(block_n), "O": "*bf16", "LSE": "*fp32",
                  "INDICES": "*i32", "COUNTS": "*i32", "ORDER": "*i32", **strides("q", "k", "v", "o"),
                  **ints("H", "LQ", "LK", "NQB", "MAX_KEPT", "WALK_PERIOD"), "qk_scale": "fp32"}
-    constants = dict(HEAD_D=D, BLOCK_D=D, BS=bs, ORDERED=False, EVEN_K=even_k, ROTATED=rotated,
+    # ORDERED: the package launches block-sparse rows through an order (`block_sparse.launch_order`).
+    constants = dict(HEAD_D=D, BLOCK_D=D, BS=bs, ORDERED=True, EVEN_K=even_k, ROTATED=rotated,
                      PRECISION="tf32", TMA=True, BLOCK_N=block_n)
     return resources(block_sparse._block_sparse_attention_fwd_kernel, signature, constants, warps, stages)
 
@@ -140,8 +141,8 @@ ROWS = [
     ("block-sparse, block 64, ragged Lk", lambda: sparse(64, 64, 4, 3, even_k=False)),
     ("block-sparse, block 64, rotated walks", lambda: sparse(64, 64, 4, 3, rotated=True)),
     ("block-sparse, block 128, 128-row tiles, 2 stages", lambda: sparse(128, 128, 8, 2)),
-    ("Gluon, block-sparse, D = 128", lambda: gluon_attention(128, dense=False)),
-    ("Gluon, block-sparse 64, D = 128, rotated", lambda: gluon_attention(128, False, block=64, rotated=True)),
+    ("Gluon, block-sparse, D = 128", lambda: gluon_attention(128, dense=False, ordered=True)),
+    ("Gluon, block-sparse 64, D = 128, rotated", lambda: gluon_attention(128, False, True, block=64, rotated=True)),
     ("Gluon, block-sparse 64, D = 64, ragged, rotated", lambda: gluon_attention(64, False, True, False, block=64,
                                                                                  rotated=True)),
     ("Gluon, dense, D = 64, ragged Lk, heavy-first order", lambda: gluon_attention(64, True, True, False)),

@@ -20,6 +20,14 @@ be uneven. Longest-first order (`heavy_first=True` of `_block_sparse_attention`:
 argsort of `counts`, descending) was the default until kernel v5; side by side on the
 H200 it was slower in 20-26 of 30 tiered cases per run (up to 11% at L = 16384, where
 its extra launch shows) and at most 2.4% faster (docs/kernels.md, docs/benchmarks.md).
+What row order does not handle is a few rows far longer than the rest: AdaSpa keeps every
+key block for a query block holding text, so with the text last (HunyuanVideo) each head
+ends in rows 18x the others at density 0.05, and the last head's run on alone after
+everything else. So rows over `LONG_ROW_FACTOR` times the mean launch first and the rest
+keep row order (`long_rows_first_order`, computed once per mask, `launch_order`): on the
+H100, AdaSpa's masks for a 119K-token video ran 3-4% faster at block 64 and 3-6% at block
+128 (d = 0.05-0.1), and masks without such rows launch in row order as before
+(docs/kernel-tuning.md, "Kernel v11").
 
 Rotated walks (block 64, long sequences; `walks_rotate` decides). Every program of a head
 reads from all of that head's K / V with random masks, and once those outgrow L2 (61 MB at
@@ -37,6 +45,8 @@ v9").
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import triton
@@ -266,6 +276,57 @@ def heavy_first_order(counts: torch.Tensor) -> torch.Tensor:
     return torch.argsort(counts.reshape(-1), descending=True, stable=True).to(torch.int32)
 
 
+#: Rows keeping more than this many times the mean number of blocks launch first (`long_rows_first_order`).
+LONG_ROW_FACTOR = 4
+
+
+def long_rows_first_order(counts: torch.Tensor) -> torch.Tensor:
+    """Flattened row ids of `counts [B, H, nq]`: the rows keeping over `LONG_ROW_FACTOR` times
+    the mean count first, then the others, each group in row order (int32, on device).
+
+    Example:
+        >>> long_rows_first_order(torch.tensor([[[2, 2, 40, 2, 2, 2, 2, 2]]])).tolist()
+        [2, 0, 1, 3, 4, 5, 6, 7]
+    """
+    flat = counts.reshape(-1).to(torch.float32)  # [B * H * nq]
+    is_long = (flat > LONG_ROW_FACTOR * flat.mean()).to(torch.int8)
+    return torch.argsort(is_long, descending=True, stable=True).to(torch.int32)
+
+
+# Launch order of each live mask, keyed by the id of its `counts` tensor and dropped with it
+# (`launch_order`; masks and tensors compare by value, so they cannot key a WeakKeyDictionary).
+_launch_orders: dict = {}
+
+
+def launch_order(mask) -> torch.Tensor:
+    """`long_rows_first_order(mask.counts)`, computed at the first call for `mask` and kept
+    while the mask lives: AdaSpa reuses a layer's mask for every step between two searches.
+    Not kept when computed during CUDA-graph capture (its kernels are then part of the
+    graph). Every order gives a correct result, so a mask whose counts change in place after
+    its first call stays correct (its order may then be a slower one). Without rotated walks
+    the result does not depend on the order, bit for bit; with them (block 64, long
+    sequences) a row's start does, so its last bits do too.
+
+    Example:
+        >>> from adaspa import BlockSparseMask
+        >>> keep = torch.zeros(1, 1, 9, 9, dtype=torch.bool)
+        >>> keep[..., 0] = keep[0, 0, 8] = True  # a text column, and a text row keeping every block
+        >>> mask = BlockSparseMask.from_dense(keep, 64, 576, 576)
+        >>> launch_order(mask).tolist()
+        [8, 0, 1, 2, 3, 4, 5, 6, 7]
+        >>> launch_order(mask) is launch_order(mask)
+        True
+    """
+    key = id(mask.counts)
+    order = _launch_orders.get(key)
+    if order is None:
+        order = long_rows_first_order(mask.counts)
+        if not (order.is_cuda and torch.cuda.is_current_stream_capturing()):
+            _launch_orders[key] = order
+            weakref.finalize(mask.counts, _launch_orders.pop, key, None)
+    return order
+
+
 def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, config=None, period=None):
     """`block_sparse_attention`, optionally launching the longest rows first, with `config`
     (default: `BLOCK64_CONFIG` at block 64 through the copy engine or with rotated walks,
@@ -294,15 +355,15 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, con
         from .hopper import block64_footprint, hopper_attention
 
         walk_period = resident_programs(q.device, *block64_footprint(D, q.element_size())) if default_rotation else 0
-        return hopper_attention(q, k, v, mask, scale=scale, order=heavy_first_order(counts) if heavy_first else None,
-                                period=walk_period)
+        return hopper_attention(q, k, v, mask, scale=scale, period=walk_period,
+                                order=heavy_first_order(counts) if heavy_first else launch_order(mask))
     tma = tma_eligible(k, v, block_d=block_d)
     # One config, not the autotuner: BLOCK64_CONFIG where it fits, else the fixed one below.
     untuned_block64 = bs == 64 and (tma or default_rotation)
     if config is None and untuned_block64 and smem_estimate(
             BLOCK64_CONFIG.num_stages, bs, 64, block_d, elem_bytes=q.element_size()) <= SMEM_BUDGET:
         config = BLOCK64_CONFIG
-    order = heavy_first_order(counts) if heavy_first else counts
+    order = heavy_first_order(counts) if heavy_first else launch_order(mask)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, LQ, device=q.device, dtype=torch.float32)
     tuned = config is None and not untuned_block64 and use_autotune(q.dtype, block_d, bs)
@@ -312,7 +373,7 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, con
     # Descriptor tiles: the config's height, or (autotuned) any height the pre-hook then resizes.
     rows = bs if tuned else config.kwargs["BLOCK_N"]
     k_arg, v_arg = (row_tiles(k, rows, block_d), row_tiles(v, rows, block_d)) if tma else (k, v)
-    meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=bs, ORDERED=heavy_first, EVEN_K=LK % bs == 0,
+    meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=bs, ORDERED=True, EVEN_K=LK % bs == 0,
                 ROTATED=default_rotation or bool(period), PRECISION=dot_precision(q.dtype), TMA=tma)
     grid = (B * H * nq,)
 
