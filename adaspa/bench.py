@@ -7,6 +7,12 @@ Providers (one line each in the plots): `adaspa` (block-sparse kernel, programs 
 `4 * B * H * Lq * Lk * D * density / time` with the mask's actual density, so a sparse
 kernel that skips perfectly at the dense kernel's speed scores the dense kernel's rate.
 
+The masks of the sweep keep random blocks (`random_mask`), the case with the least reuse of
+K / V between rows. `--video` adds the masks AdaSpa itself selects (budget `video` in the
+CSV): `select_blocks` on the exact block mass of a synthetic video (`adaspa.synthetic`,
+default 33 x 45 x 80 latent frames + 256 text tokens, HunyuanVideo's 720p 8 s clip,
+L = 119056), text blocks forced, at each density of the sweep, with SDPA-cuDNN at that L.
+
 It also times both search kernels (fused search, LSE-cached search) as a fraction of
 SDPA-cuDNN dense time, and a small crossover sweep (density 0.2, block 64, short L)
 against SDPA dense. Writes `bench.csv`, `search.csv`, `crossover.csv` and, when
@@ -74,6 +80,25 @@ def bench_ms(fn) -> float:
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median"))
+
+
+def video_config(spec: str, batch: int, heads: int, dim: int):
+    """The `SyntheticVideoConfig` of a `--video` spec `FxHxW+T` (latent frames x height x width + text
+    tokens, text last as in HunyuanVideo).
+
+    Example:
+        >>> video_config("33x45x80+256", 1, 24, 128).seq_len
+        119056
+    """
+    from adaspa.synthetic import SyntheticVideoConfig
+
+    grid, plus, text = spec.partition("+")
+    sizes = grid.split("x")
+    if len(sizes) != 3 or not all(x.isdigit() and int(x) > 0 for x in sizes) or (plus and not text.isdigit()):
+        raise ValueError(f"--video must look like FRAMESxHEIGHTxWIDTH+TEXT (e.g. 33x45x80+256), got {spec!r}")
+    frames, height, width = (int(x) for x in sizes)
+    return SyntheticVideoConfig(batch=batch, heads=heads, head_dim=dim, frames=frames, height=height, width=width,
+                                text_len=int(text or 0), text_position="last")
 
 
 def environment() -> Dict[str, str]:
@@ -161,6 +186,44 @@ def run_main(args, env, providers, rows, search_rows):
         torch.cuda.empty_cache()
 
 
+def run_video(args, env, providers, rows):
+    """The sweep's block sizes and densities on the masks AdaSpa selects for a synthetic video (`--video`)."""
+    from torch.nn.attention import SDPBackend
+
+    from adaspa import kernels
+    from adaspa.selection import select_blocks, text_sink_blocks
+    from adaspa.synthetic import synthetic_qkv
+
+    cfg = video_config(args.video, args.batch, args.heads, args.dim)
+    B, H, L, D = cfg.batch, cfg.heads, cfg.seq_len, cfg.head_dim
+    common = {"B": B, "H": H, "D": D, "dtype": "bf16", **env}
+    q, k, v = synthetic_qkv(cfg, dtype=torch.bfloat16, device="cuda")
+    dense_flops = attention_flops(B, H, L, L, D)
+    cudnn = bench_ms(lambda: providers.sdpa(SDPBackend.CUDNN_ATTENTION)(q, k, v))
+    for bs in args.block_sizes:
+        rows.append({"provider": "sdpa_cudnn", "L": L, "block_size": bs, "density": 1.0, "budget": "dense",
+                     "actual_density": 1.0, "ms": cudnn, "tflops": dense_flops / cudnn * 1e-9,
+                     "speedup_vs_cudnn": 1.0, **common})
+        _, _, mass = kernels.attention_with_block_mass(q, k, v, block_size=bs)
+        text = text_sink_blocks(L, L, cfg.text_len, text_position=cfg.text_position, block_size=bs)
+        for density in (d for d in args.densities if d < 1):
+            mask = select_blocks(mass, 1.0 - density, block_size=bs, q_len=L, kv_len=L, forced=text)
+            actual = float(mask.density().mean())
+            timed = {"adaspa": bench_ms(lambda: kernels.block_sparse_attention(q, k, v, mask)),
+                     "flex": bench_ms(providers.flex_call(q, k, v, mask))}
+            for name, ms in timed.items():
+                rows.append({"provider": name, "L": L, "block_size": bs, "density": density, "budget": "video",
+                             "actual_density": actual, "ms": ms, "tflops": dense_flops * actual / ms * 1e-9,
+                             "speedup_vs_cudnn": cudnn / ms, **common})
+            del mask
+            print(f"video L={L} bs={bs} density={density}: "
+                  + ", ".join(f"{n} {ms:.2f} ms" for n, ms in timed.items()), flush=True)
+        del mass
+    del q, k, v
+    torch.cuda.empty_cache()
+    return L
+
+
 def run_crossover(args, env, providers, cross_rows):
     from torch.nn.attention import SDPBackend
 
@@ -236,6 +299,8 @@ def parse_args(argv=None):
     p.add_argument("--block-sizes", type=int, nargs="+", default=[64, 128])
     p.add_argument("--densities", type=float, nargs="+", default=[1.0, 0.5, 0.2, 0.1, 0.05])
     p.add_argument("--budgets", nargs="+", default=["uniform", "tiered"], choices=["uniform", "tiered"])
+    p.add_argument("--video", default="33x45x80+256",
+                   help="synthetic video FxHxW+T whose AdaSpa masks are timed too; 'none' skips it")
     p.add_argument("--crossover-lengths", type=int, nargs="*", default=[1024, 2048, 4096, 8192, 16384])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=24)
@@ -255,6 +320,8 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("adaspa.bench needs a CUDA GPU", file=sys.stderr)
         return 2
+    if args.video != "none":
+        video_config(args.video, args.batch, args.heads, args.dim)  # a bad spec fails before the sweep
     env = environment()
     print(f"{env['card']}, torch {env['torch']}, triton {env['triton']}, {env['date']}; "
           f"B={args.batch} H={args.heads} D={args.dim} bf16", flush=True)
@@ -266,9 +333,12 @@ def main(argv=None) -> int:
     # Autotuning happens at a kernel's first call and is keyed on block size and D, not on
     # L, so the long-sequence sweep runs first and picks the configs.
     run_main(args, env, providers, rows, search_rows)
+    lengths = list(args.lengths)
+    if args.video != "none":
+        lengths.append(run_video(args, env, providers, rows))
     run_crossover(args, env, providers, cross_rows)
     print_table(rows, search_rows, cross_rows)
-    write_plots(args.out, bench_csv, args.lengths, env)
+    write_plots(args.out, bench_csv, lengths, env)
     return 0
 
 
