@@ -90,8 +90,7 @@ def sparse(block_n, bs, warps, stages, even_k=True, rotated=False):
     signature = {"Q": "*bf16", "K": tiles(block_n), "V": tiles(block_n), "O": "*bf16", "LSE": "*fp32",
                  "INDICES": "*i32", "COUNTS": "*i32", "ORDER": "*i32", **strides("q", "k", "v", "o"),
                  **ints("H", "LQ", "LK", "NQB", "MAX_KEPT", "WALK_PERIOD"), "qk_scale": "fp32"}
-    # ORDERED: the package launches block-sparse rows through an order (`block_sparse.launch_order`).
-    constants = dict(HEAD_D=D, BLOCK_D=D, BS=bs, ORDERED=True, EVEN_K=even_k, ROTATED=rotated,
+    constants = dict(HEAD_D=D, BLOCK_D=D, BS=bs, EVEN_K=even_k, ROTATED=rotated,
                      PRECISION="tf32", TMA=True, BLOCK_N=block_n)
     return resources(block_sparse._block_sparse_attention_fwd_kernel, signature, constants, warps, stages)
 

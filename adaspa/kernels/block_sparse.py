@@ -68,10 +68,10 @@ def _block_sparse_attention_fwd_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     H, LQ, LK, NQB, MAX_KEPT, WALK_PERIOD, qk_scale,
-    HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BS: tl.constexpr, ORDERED: tl.constexpr, EVEN_K: tl.constexpr,
+    HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BS: tl.constexpr, EVEN_K: tl.constexpr,
     ROTATED: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Program `pid` handles row `ORDER[pid]` (or `pid`) of the flattened `[B * H * nq]` mask.
+    """Program `pid` handles row `ORDER[pid]` of the flattened `[B * H * nq]` mask.
 
     A key tile of BLOCK_N rows is either `BLOCK_N // BS` kept blocks gathered row by row
     (pointers only) or a whole fraction of one kept block (`BS // BLOCK_N` tiles per block).
@@ -85,10 +85,7 @@ def _block_sparse_attention_fwd_kernel(
     KPT: tl.constexpr = BLOCK_N // BS if BLOCK_N > BS else 1
     TPB: tl.constexpr = BS // BLOCK_N if BS > BLOCK_N else 1
     pid = tl.program_id(0)
-    if ORDERED:
-        i_row = tl.load(ORDER + pid).to(tl.int64)
-    else:
-        i_row = pid.to(tl.int64)
+    i_row = tl.load(ORDER + pid).to(tl.int64)
     i_bh = i_row // NQB
     i_p = i_row % NQB
     i_b = i_bh // H
@@ -213,7 +210,7 @@ _SPARSE_CONFIGS = [
 ]
 
 _block_sparse_tuned = triton.autotune(
-    configs=_SPARSE_CONFIGS, key=["BS", "BLOCK_D", "ORDERED", "EVEN_K", "ROTATED", "TMA"],
+    configs=_SPARSE_CONFIGS, key=["BS", "BLOCK_D", "EVEN_K", "ROTATED", "TMA"],
     prune_configs_by={"early_config_prune": _sparse_configs_prune},
 )(_block_sparse_attention_fwd_kernel)
 
@@ -351,19 +348,18 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, con
     counts = mask.counts.contiguous()
     default_rotation = period is None and q.device.type == "cuda" and walks_rotate(
         2 * LK * D * k.element_size(), torch.cuda.get_device_properties(q.device).L2_cache_size, bs)
+    order = heavy_first_order(counts) if heavy_first else launch_order(mask)
     if config is None and period is None and use_hopper_kernel(q, k, v, bs):
         from .hopper import block64_footprint, hopper_attention
 
         walk_period = resident_programs(q.device, *block64_footprint(D, q.element_size())) if default_rotation else 0
-        return hopper_attention(q, k, v, mask, scale=scale, period=walk_period,
-                                order=heavy_first_order(counts) if heavy_first else launch_order(mask))
+        return hopper_attention(q, k, v, mask, scale=scale, period=walk_period, order=order)
     tma = tma_eligible(k, v, block_d=block_d)
     # One config, not the autotuner: BLOCK64_CONFIG where it fits, else the fixed one below.
     untuned_block64 = bs == 64 and (tma or default_rotation)
     if config is None and untuned_block64 and smem_estimate(
             BLOCK64_CONFIG.num_stages, bs, 64, block_d, elem_bytes=q.element_size()) <= SMEM_BUDGET:
         config = BLOCK64_CONFIG
-    order = heavy_first_order(counts) if heavy_first else launch_order(mask)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, LQ, device=q.device, dtype=torch.float32)
     tuned = config is None and not untuned_block64 and use_autotune(q.dtype, block_d, bs)
@@ -373,7 +369,7 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, con
     # Descriptor tiles: the config's height, or (autotuned) any height the pre-hook then resizes.
     rows = bs if tuned else config.kwargs["BLOCK_N"]
     k_arg, v_arg = (row_tiles(k, rows, block_d), row_tiles(v, rows, block_d)) if tma else (k, v)
-    meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=bs, ORDERED=True, EVEN_K=LK % bs == 0,
+    meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=bs, EVEN_K=LK % bs == 0,
                 ROTATED=default_rotation or bool(period), PRECISION=dot_precision(q.dtype), TMA=tma)
     grid = (B * H * nq,)
 
