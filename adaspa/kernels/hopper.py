@@ -32,7 +32,8 @@ Measured on an H100 at L = 118784 (docs/benchmarks.md, kernels v6, v7 and v10): 
 block-sparse at block 128 564-670 TFLOP/s effective at densities 0.05-1, against 437-479;
 at block 64 468-520 against the Triton kernel's 446-495, 2.6-5.4% faster round-robin (the
 softmax of a tile under the previous tile's `P V`: without any softmax the Triton loop
-reached 488-515, which is what the L2 delivers to random 64-row tiles); the fused search
+reached 488-515, what random 64-row tiles allow on that card, whose 700 W power cap holds
+every kernel here at about 1.5 GHz: docs/kernel-tuning.md, "After v11"); the fused search
 1.125x / 1.066x SDPA-cuDNN time at block 64 / 128, against 1.298x / 1.302x.
 
 When it runs (`_launch.use_hopper_kernel`, `use_hopper_search`): a CUDA tensor on a
