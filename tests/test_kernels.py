@@ -14,7 +14,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from adaspa import BlockSparseMask, reference
@@ -66,12 +66,6 @@ def make_qkv(batch, heads, q_len, kv_len, dim, dtype, seq_major, seed):
 MIN_HALF_OUTPUTS = 4096
 
 
-def block_ops_take(shape, block_size) -> bool:
-    """False for the one combination the block kernels refuse, float32 with D > 128 at block
-    128 (test_unsupported_inputs_raise_naming_the_limit); only GPU draws reach it."""
-    return not (shape["dtype"] == torch.float32 and shape["dim"] > 128 and block_size > 64)
-
-
 @st.composite
 def shapes(draw):
     batch, heads = draw(st.integers(1, 2)), draw(st.integers(1, 3))
@@ -108,7 +102,6 @@ def test_attention_matches_oracle(shape, scale):
 @example(shape=dict(batch=1, heads=2, q_len=70, kv_len=45, dim=200, dtype=torch.bfloat16, seq_major=True,
                     seed=6), block_size=32)
 def test_fused_search_matches_oracle(shape, block_size):
-    assume(block_ops_take(shape, block_size))
     q, k, v = make_qkv(**shape)
     oracle, ref = oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=block_size)
     out, lse, mass = kernels().attention_with_block_mass(q, k, v, block_size=block_size)
@@ -123,7 +116,6 @@ def test_fused_search_matches_oracle(shape, block_size):
 @example(shape=dict(batch=2, heads=1, q_len=33, kv_len=160, dim=32, dtype=torch.bfloat16, seq_major=True,
                     seed=3), block_size=32)
 def test_lse_cached_search_matches_oracle(shape, block_size):
-    assume(block_ops_take(shape, block_size))
     q, k, v = make_qkv(**shape)
     _, lse = reference.attention(q, k, v)
     oracle, ref = oracle_and_reference(reference.block_mass, q, k, lse, block_size=block_size)
@@ -142,7 +134,6 @@ def test_lse_cached_search_with_a_stale_lse(shape, block_size, drift):
     With the exact lse (the test above) a kernel that recomputed the lse itself would pass;
     here rows no longer sum to the query count and only the given lse reproduces the oracle.
     """
-    assume(block_ops_take(shape, block_size))
     q, k, v = make_qkv(**shape)
     q_old, k_old, v_old = make_qkv(**{**shape, "seed": shape["seed"] + 1})
     _, stale = reference.attention(q + drift * q_old, k + drift * k_old, v)
@@ -179,7 +170,6 @@ def with_empty_rows(mask: BlockSparseMask, fraction: float, seed: int) -> BlockS
 @example(shape=dict(batch=1, heads=2, q_len=70, kv_len=45, dim=256, dtype=torch.float16, seq_major=False,
                     seed=7), block_size=32, sparsity=0.5, text_len=0, text_position="last", empty=0.3)
 def test_block_sparse_attention_matches_oracle(shape, block_size, sparsity, text_len, text_position, empty):
-    assume(block_ops_take(shape, block_size))
     q, k, v = make_qkv(**shape)
     text_len = min(text_len, q.shape[2], k.shape[2])
     mask = with_empty_rows(adaptive_mask(q, k, v, block_size, sparsity, text_len, text_position),
@@ -215,7 +205,6 @@ def test_block_sparse_attention_with_three_tiers_matches_oracle(dtype, block_siz
 @settings(max_examples=examples(8), suppress_health_check=[HealthCheck.too_slow])
 @given(shape=shapes(), block_size=BLOCKS)
 def test_keep_all_mask_equals_dense(shape, block_size):
-    assume(block_ops_take(shape, block_size))
     q, k, v = make_qkv(**shape)
     mask = BlockSparseMask.full(q.shape[0], q.shape[1], q.shape[2], k.shape[2], block_size, device=DEVICE)
     oracle, ref = oracle_and_reference(reference.attention, q, k, v)
@@ -294,7 +283,6 @@ def test_rotated_walks_match_oracle(shape, block_size, period, sparsity, empty):
     key order, bit for bit."""
     from adaspa.kernels.block_sparse import _block_sparse_attention
 
-    assume(block_ops_take(shape, block_size))
     q, k, v = make_qkv(**shape)
     mask = with_empty_rows(adaptive_mask(q, k, v, block_size, sparsity, 0, "first"), empty, shape["seed"])
     oracle, ref = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
@@ -424,6 +412,62 @@ def test_key_tiles_narrower_than_blocks(dtype, length):
     assert_close(lse, o_lse, r_lse, name="sparse lse")
 
 
+@pytest.mark.parametrize("key_tile", [16, 64])
+def test_query_tiles_of_half_a_block(key_tile):
+    """Query tiles may cover half a block (float32 with D > 128 at block 128 runs so): two
+    programs share each query block, the sparse kernel's both walk its kept list, and in the
+    searches each adds its half of the mass into a zeroed tensor, deterministically. Checked
+    with 16-row query tiles at block 32, key tiles narrower (16) and wider (64) than a block,
+    on rising scores, with Lq and Lk ragged."""
+    import triton
+
+    from adaspa.kernels import block_sparse, flash_fwd, search
+
+    block_size, tile = 32, 16
+    q, k, v = rising_scores_qkv(torch.float32, 330)
+
+    def config(**tiles):
+        return triton.Config(tiles, num_warps=4, num_stages=1)
+
+    oracle, ref = oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=block_size)
+    fused = [flash_fwd._launch(q, k, v, block_size=block_size, scale=None, with_mass=True,
+                               config=config(BLOCK_M=tile, BLOCK_N=key_tile)) for _ in range(2)]
+    for name, a, o, r in zip(("out", "lse", "mass"), fused[0], oracle, ref):
+        assert_close(a, o, r, name=name)
+    assert torch.equal(fused[0][2], fused[1][2])
+    o_mass, r_mass = oracle_and_reference(reference.block_mass, q, k, ref[1], block_size=block_size)
+    cached = [search._block_mass(q, k, ref[1], block_size=block_size, scale=None,
+                                 config=config(BLOCK_M=tile, MASS_N=key_tile)) for _ in range(2)]
+    assert_close(cached[0], o_mass, r_mass, name="cached mass")
+    assert torch.equal(cached[0], cached[1])
+    nb = -(-330 // block_size)
+    keep = torch.rand(1, 2, nb, nb, generator=torch.Generator().manual_seed(4)) < 0.6
+    keep[0, 0, 0] = False  # an empty row
+    mask = BlockSparseMask.from_dense(keep.to(DEVICE), block_size, 330, 330)
+    (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+    out, lse = block_sparse._block_sparse_attention(q, k, v, mask, config=config(BLOCK_M=tile, BLOCK_N=key_tile))
+    assert_close(out, o_out, r_out, name="sparse out")
+    assert_close(lse, o_lse, r_lse, name="sparse lse")
+
+
+def test_float32_wide_heads_at_block_128():
+    """float32 with D > 128 at block 128, which the block ops refused until their tiles could
+    cover half a block: all three through the public functions, against the oracle."""
+    q, k, v = make_qkv(1, 2, 200, 150, 160, torch.float32, True, 8)
+    oracle, ref = oracle_and_reference(reference.attention_with_block_mass, q, k, v, block_size=128)
+    for name, a, o, r in zip(("out", "lse", "mass"), kernels().attention_with_block_mass(q, k, v, block_size=128),
+                             oracle, ref):
+        assert_close(a, o, r, name=name)
+    o_mass, r_mass = oracle_and_reference(reference.block_mass, q, k, ref[1], block_size=128)
+    assert_close(kernels().block_mass(q, k, ref[1], block_size=128), o_mass, r_mass, name="cached mass")
+    keep = torch.tensor([[[[True, False], [True, True]], [[False, True], [False, False]]]])
+    mask = BlockSparseMask.from_dense(keep.to(DEVICE), 128, 200, 150)
+    (o_out, o_lse), (r_out, r_lse) = oracle_and_reference(reference.block_sparse_attention, q, k, v, mask)
+    out, lse = kernels().block_sparse_attention(q, k, v, mask)
+    assert_close(out, o_out, r_out, name="sparse out")
+    assert_close(lse, o_lse, r_lse, name="sparse lse")
+
+
 def test_fused_search_takes_free_scratch_slots(monkeypatch):
     """Programs of the fused search hold a scratch slot each: with every other slot already
     held (as by programs still running on a GPU), they must probe on to a free one, leave the
@@ -449,7 +493,7 @@ def test_fused_search_takes_free_scratch_slots(monkeypatch):
     locks = taken["locks"].cpu()
     assert bool((locks[::2] == 1).all()) and bool((locks[1::2] == 0).all())
     # [slots, nk * tile rows]: held slots untouched (still NaN), free ones written
-    tile = flash_fwd.fixed_tile(16, 32)
+    tile = flash_fwd.fixed_tile(16, 32, torch.float16)
     slots = taken["scratch"].cpu().view(-1, 130 // 16 + 1, tile).flatten(1)
     assert bool(slots[0::2].isnan().all()) and not bool(slots[1::2].isnan().all())
 
@@ -507,14 +551,6 @@ def test_unsupported_inputs_raise_naming_the_limit():
     mask = BlockSparseMask.full(1, 2, 40, 40, 256, device=DEVICE)
     with pytest.raises(ValueError, match="mask.block_size"):
         kernels().block_sparse_attention(q, k, v, mask)
-    q, k, v = small_inputs(dim=160, dtype=torch.float32)
-    limit = "float32 with D > 128 only at block sizes <= 64"
-    with pytest.raises(ValueError, match=limit):
-        kernels().attention_with_block_mass(q, k, v, block_size=128)
-    with pytest.raises(ValueError, match=limit):
-        kernels().block_mass(q, k, torch.zeros(1, 2, 40, device=DEVICE), block_size=128)
-    with pytest.raises(ValueError, match="mask.block_size=128 with float32"):
-        kernels().block_sparse_attention(q, k, v, BlockSparseMask.full(1, 2, 40, 40, 128, device=DEVICE))
 
 
 def test_bad_inputs_get_the_references_messages():

@@ -91,7 +91,7 @@ def sparse(block_n, bs, warps, stages, even_k=True, rotated=False):
                  "INDICES": "*i32", "COUNTS": "*i32", "ORDER": "*i32", **strides("q", "k", "v", "o"),
                  **ints("H", "LQ", "LK", "NQB", "MAX_KEPT", "WALK_PERIOD"), "qk_scale": "fp32"}
     constants = dict(HEAD_D=D, BLOCK_D=D, BS=bs, EVEN_K=even_k, ROTATED=rotated,
-                     PRECISION="tf32", TMA=True, BLOCK_N=block_n)
+                     PRECISION="tf32", TMA=True, BLOCK_M=bs, BLOCK_N=block_n)
     return resources(block_sparse._block_sparse_attention_fwd_kernel, signature, constants, warps, stages)
 
 

@@ -6,8 +6,8 @@
 - `block_sparse_attention(q, k, v, mask)` -> `(out, lse)`: head-adaptive block-sparse attention.
 
 Inputs are float16 / bfloat16 / float32 CUDA tensors of any strides with D <= 256 and block
-sizes 16, 32, 64 or 128 (float32 with D > 128 only at block sizes <= 64 in the three block
-ops: 128-row float32 tiles of that D exceed shared memory). CPU tensors run under Triton's
+sizes 16, 32, 64 or 128 (float32 with D > 128 runs half-block tiles at block 128: 128-row
+float32 tiles of that D exceed shared memory). CPU tensors run under Triton's
 interpreter when `TRITON_INTERPRET=1` (slow; for tests), else raise. On Hopper GPUs,
 `attention`, and `block_sparse_attention` and both searches at block sizes 64 and 128,
 run warp-specialized Gluon kernels for float16 / bfloat16 inputs with D of 64

@@ -93,17 +93,25 @@ def check_kernel_inputs(q: torch.Tensor, head_dim: int) -> None:
         raise ValueError(f"head dim D must be <= {MAX_HEAD_DIM} for adaspa.kernels, got D={head_dim}")
 
 
-def check_block_tiles_fit(dtype: torch.dtype, head_dim: int, block_size: int, name: str = "block_size") -> None:
-    """Reject float32 with D > 128 at block 128 in the block kernels (fused and cached search, block-sparse).
+#: Rows of a float32 tile with D > 128 on the untuned path (`wide_float32_rows`).
+WIDE_FLOAT32_ROWS = 64
 
-    Their tiles hold whole 128-row blocks, and 128 x 256 float32 tiles of Q, K (and V) asked
-    for 256-384 KiB of shared memory on the H200, which allows 227 KiB per block (measured
-    2026-11-26). Dense `attention` has no such limit (its tiles need not hold blocks).
+
+def wide_float32_rows(dtype: torch.dtype, head_dim: int) -> int | None:
+    """Most rows a query or key tile of the block kernels may have at float32 with D > 128
+    (`WIDE_FLOAT32_ROWS`), else None (no cap).
+
+    128 x 256 float32 tiles of Q, K (and V) asked for 256-384 KiB of shared memory on the
+    H200, which allows 227 KiB per block (measured 2026-11-26), and a 128 x 256 float32
+    accumulator spills. So at block 128 these tiles cover half a block: two programs share
+    each query block (their mass adds up, `search.put_mass`) and two key tiles make each
+    key block.
+
+    Example:
+        >>> wide_float32_rows(torch.float32, 160), wide_float32_rows(torch.bfloat16, 256)
+        (64, None)
     """
-    if dtype == torch.float32 and head_dim > 128 and block_size > 64:
-        raise ValueError(f"{name}={block_size} with float32 inputs and D={head_dim}: the kernels support float32 "
-                         "with D > 128 only at block sizes <= 64 (128-row float32 tiles of that D exceed the GPU's "
-                         "shared memory); pass bfloat16 / float16 inputs or a block size of 64")
+    return WIDE_FLOAT32_ROWS if dtype == torch.float32 and head_dim > 128 else None
 
 
 def check_kernel_block_size(block_size: int, name: str = "block_size") -> int:

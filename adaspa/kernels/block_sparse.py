@@ -53,10 +53,10 @@ import triton
 import triton.language as tl
 
 from .._validation import check_attention_inputs, check_mask_matches, resolve_scale
-from ._launch import (LOG2E, SMEM_BUDGET, check_block_tiles_fit, check_kernel_block_size, check_kernel_inputs,
-                      dot_precision, fixed_config, key_tile_fits, load_q_tile, load_rows, padded_head_dim, row_tiles,
-                      set_tile_rows, sm_count, smem_estimate, store_out_tile, strides4, tma_eligible, use_autotune,
-                      use_hopper_kernel)
+from ._launch import (LOG2E, SMEM_BUDGET, check_kernel_block_size, check_kernel_inputs, dot_precision, fixed_config,
+                      key_tile_fits, load_q_tile, load_rows, padded_head_dim, row_tiles, set_tile_rows, sm_count,
+                      smem_estimate, store_out_tile, strides4, tma_eligible, use_autotune, use_hopper_kernel,
+                      wide_float32_rows)
 from .flash_fwd import online_softmax_step
 
 
@@ -69,9 +69,12 @@ def _block_sparse_attention_fwd_kernel(
     stride_ob, stride_oh, stride_om, stride_od,
     H, LQ, LK, NQB, MAX_KEPT, WALK_PERIOD, qk_scale,
     HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BS: tl.constexpr, EVEN_K: tl.constexpr,
-    ROTATED: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr,
+    ROTATED: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
-    """Program `pid` handles row `ORDER[pid]` of the flattened `[B * H * nq]` mask.
+    """Program `pid` handles row `ORDER[pid // QPB]` of the flattened `[B * H * nq]` mask, all
+    of its query block (BLOCK_M = BS, QPB = 1) or part `pid % QPB` of it (QPB = BS // BLOCK_M
+    programs per block: float32 with D > 128 at block 128, `_launch.wide_float32_rows`).
 
     A key tile of BLOCK_N rows is either `BLOCK_N // BS` kept blocks gathered row by row
     (pointers only) or a whole fraction of one kept block (`BS // BLOCK_N` tiles per block).
@@ -84,8 +87,9 @@ def _block_sparse_attention_fwd_kernel(
     # Kept blocks per key tile (> 1: gathered) and key tiles per kept block.
     KPT: tl.constexpr = BLOCK_N // BS if BLOCK_N > BS else 1
     TPB: tl.constexpr = BS // BLOCK_N if BS > BLOCK_N else 1
+    QPB: tl.constexpr = BS // BLOCK_M
     pid = tl.program_id(0)
-    i_row = tl.load(ORDER + pid).to(tl.int64)
+    i_row = tl.load(ORDER + pid // QPB).to(tl.int64)
     i_bh = i_row // NQB
     i_p = i_row % NQB
     i_b = i_bh // H
@@ -96,18 +100,18 @@ def _block_sparse_attention_fwd_kernel(
     if ROTATED:
         first = _count_below(p_idx, n_kept, MAX_KEPT, ((pid % WALK_PERIOD) * tl.cdiv(LK, BS)) // WALK_PERIOD)
 
-    # [BS, BLOCK_D]
-    b_q, o_m, m_m, m_d = load_q_tile(Q, i_b, i_h, i_p, stride_qb, stride_qh, stride_qm, stride_qd, LQ,
-                                     HEAD_D, BS, BLOCK_D)
+    # [BLOCK_M, BLOCK_D]
+    b_q, o_m, m_m, m_d = load_q_tile(Q, i_b, i_h, i_p * QPB + pid % QPB, stride_qb, stride_qh, stride_qm, stride_qd,
+                                     LQ, HEAD_D, BLOCK_M, BLOCK_D)
     o_d = tl.arange(0, BLOCK_D)
     o_n = tl.arange(0, BLOCK_N)
     if not TMA:
         k_base = K + i_b * stride_kb + i_h * stride_kh
         v_base = V + i_b * stride_vb + i_h * stride_vh
 
-    b_m = tl.full([BS], float("-inf"), tl.float32)
-    b_l = tl.zeros([BS], tl.float32)
-    b_acc = tl.zeros([BS, BLOCK_D], tl.float32)
+    b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    b_l = tl.zeros([BLOCK_M], tl.float32)
+    b_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     # Kept-block index of the next tile, loaded one iteration ahead: the tile's address then
     # does not wait on a global load in its own iteration (which cost 22-28% at density 1;
     # two iterations ahead stopped Triton from pipelining K and V; kernel-tuning.md, kernel v5).
@@ -141,7 +145,7 @@ def _block_sparse_attention_fwd_kernel(
                           mask=m_key[:, None] & m_d[None, :], other=0.0)
         # Every tile holds >= 1 valid key, so the running max stays finite.
         b_m, b_l, b_acc, _, _ = online_softmax_step(b_q, b_k, b_v, m_key, b_m, b_l, b_acc, qk_scale,
-                                                    BS, BLOCK_N, BLOCK_N, KPT > 1 or not EVEN_K, PRECISION)
+                                                    BLOCK_M, BLOCK_N, BLOCK_N, KPT > 1 or not EVEN_K, PRECISION)
 
     _store_row(O, LSE, b_m, b_l, b_acc, i_b, i_h, i_bh, o_m, m_m, m_d, stride_ob, stride_oh, stride_om, stride_od,
                LQ, BLOCK_D, PRECISION)
@@ -336,7 +340,6 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, con
     check_mask_matches(mask, shape, q.device)
     check_kernel_block_size(mask.block_size, "mask.block_size")
     check_kernel_inputs(q, shape.head_dim)
-    check_block_tiles_fit(q.dtype, shape.head_dim, mask.block_size, "mask.block_size")
     scale = resolve_scale(scale, shape.head_dim)
     if period is not None and (not isinstance(period, int) or period < 0):
         raise ValueError(f"period must be None or an int >= 0, got {period!r}")
@@ -364,14 +367,21 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, con
     lse = torch.empty(B, H, LQ, device=q.device, dtype=torch.float32)
     tuned = config is None and not untuned_block64 and use_autotune(q.dtype, block_d, bs)
     if config is None and not tuned:
-        block_n = bs if tma else max(bs, 64)
-        config = triton.Config({"BLOCK_N": block_n}, **fixed_config(bs, block_n, block_d, q.element_size()))
+        # Query and key tiles of whole blocks, or for float32 with D > 128 at block 128 of half blocks.
+        cap = wide_float32_rows(q.dtype, D) or bs
+        block_m, block_n = min(bs, cap), min(bs if tma else max(bs, 64), cap)
+        config = triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n},
+                               **fixed_config(block_m, block_n, block_d, q.element_size()))
     # Descriptor tiles: the config's height, or (autotuned) any height the pre-hook then resizes.
     rows = bs if tuned else config.kwargs["BLOCK_N"]
     k_arg, v_arg = (row_tiles(k, rows, block_d), row_tiles(v, rows, block_d)) if tma else (k, v)
-    meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=bs, EVEN_K=LK % bs == 0,
-                ROTATED=default_rotation or bool(period), PRECISION=dot_precision(q.dtype), TMA=tma)
-    grid = (B * H * nq,)
+    # Query tiles of whole blocks unless the config says otherwise; a config's values win.
+    block_m = bs if tuned else config.kwargs.get("BLOCK_M", bs)
+    meta = dict(HEAD_D=D, BLOCK_D=block_d, BS=bs, EVEN_K=LK % bs == 0, ROTATED=default_rotation or bool(period),
+                PRECISION=dot_precision(q.dtype), TMA=tma, BLOCK_M=block_m)
+    if not tuned:
+        meta.update(config.all_kwargs())
+    grid = (B * H * nq * (bs // block_m),)
 
     def args(walk_period):
         return (q, k_arg, v_arg, out, lse, indices, counts, order, *strides4(q), *strides4(k), *strides4(v),
@@ -380,12 +390,12 @@ def _block_sparse_attention(q, k, v, mask, *, scale=None, heavy_first=False, con
     if default_rotation:
         # The compiled kernel's shared memory sets how many programs run at once (the
         # period is not specialized on, so this compiles the kernel launched below).
-        compiled = _block_sparse_attention_fwd_kernel.warmup(*args(1), grid=grid, **meta, **config.all_kwargs())
+        compiled = _block_sparse_attention_fwd_kernel.warmup(*args(1), grid=grid, **meta)
         period = resident_programs(q.device, compiled.metadata.shared)
     if tuned:
         _block_sparse_tuned[grid](*args(period or 0), **meta)
     else:
-        _block_sparse_attention_fwd_kernel[grid](*args(period or 0), **meta, **config.all_kwargs())
+        _block_sparse_attention_fwd_kernel[grid](*args(period or 0), **meta)
     return out, lse
 
 
@@ -399,7 +409,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
         q: `[B, H, Lq, D]` float16 / bfloat16 / float32 CUDA tensor, any strides, D <= 256.
         k, v: `[B, H, Lk, D]`, same dtype and device.
         mask: `BlockSparseMask` for (B, H, Lq, Lk) on q's device; its `block_size`
-            (16, 32, 64 or 128; <= 64 for float32 with D > 128) is the block size of the attention.
+            (16, 32, 64 or 128) is the block size of the attention.
         scale: softmax scale, default `1/sqrt(D)`.
 
     Returns:

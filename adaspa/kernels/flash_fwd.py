@@ -34,11 +34,11 @@ import triton
 import triton.language as tl
 
 from .._validation import check_attention_inputs, check_block_size, num_blocks, resolve_scale
-from ._launch import (LOG2E, SMEM_BUDGET, check_block_tiles_fit, check_kernel_block_size, check_kernel_inputs, dot,
-                      dot_precision, fixed_config, key_tile_fits, load_q_tile, load_rows, padded_head_dim, row_tiles,
-                      scratch_slots, set_tile_rows, smem_estimate, store_out_tile, strides4, tma_eligible, to_dtype,
-                      use_autotune, use_hopper_kernel, use_hopper_search)
-from .search import fixed_tile
+from ._launch import (LOG2E, SMEM_BUDGET, check_kernel_block_size, check_kernel_inputs, dot, dot_precision,
+                      fixed_config, key_tile_fits, load_q_tile, load_rows, padded_head_dim, row_tiles, scratch_slots,
+                      set_tile_rows, smem_estimate, store_out_tile, strides4, tma_eligible, to_dtype, use_autotune,
+                      use_hopper_kernel, use_hopper_search)
+from .search import fixed_tile, put_mass, query_blocks_of_tile
 
 
 @triton.jit
@@ -97,7 +97,8 @@ def _sum_slot_into_mass(p_slot, b_lse2, MASS, o_mass_row, NKB, m_qb, BLOCK_M: tl
     holds `stored = log2(sum_j 2**s_ij)` per row `i` and key block `c` (`[nk, BLOCK_M]`).
 
     `b_lse2` is `+inf` on rows past Lq (they add 0); `o_mass_row` / `m_qb` are the tile's
-    query blocks' row offsets in MASS and their validity. Runs once per query tile, `CHUNK`
+    query blocks' row offsets in MASS and their validity (a tile of part of a block adds
+    its sums: `search.put_mass`). Runs once per query tile, `CHUNK`
     key blocks at a time; the first barrier orders it after the slot's writes (made by other
     threads of the program), the last one before the slot is given back.
     """
@@ -110,12 +111,12 @@ def _sum_slot_into_mass(p_slot, b_lse2, MASS, o_mass_row, NKB, m_qb, BLOCK_M: tl
         # [CHUNK, BLOCK_M]
         b_p = tl.math.exp2(tl.load(p_slot + o_kb[:, None] * BLOCK_M + o_r[None, :], mask=m_kb[:, None], other=0.0)
                            - b_lse2[None, :])
-        # [CHUNK, BLOCK_M // BS]
-        if BLOCK_M == BS:
+        # [CHUNK, QB]
+        if BLOCK_M <= BS:
             b_blk = tl.sum(b_p, axis=1)[:, None]
         else:
             b_blk = tl.sum(tl.reshape(b_p, (CHUNK, BLOCK_M // BS, BS)), axis=2)
-        tl.store(MASS + o_mass_row[None, :] + o_kb[:, None], b_blk, mask=m_kb[:, None] & m_qb[None, :])
+        put_mass(MASS + o_mass_row[None, :] + o_kb[:, None], b_blk, m_kb[:, None] & m_qb[None, :], BLOCK_M < BS)
     tl.debug_barrier()
 
 
@@ -200,9 +201,9 @@ def _attention_tile(
                    BLOCK_D, PRECISION)
     tl.store(LSE + i_bh.to(tl.int64) * LQ + o_m, b_lse2 * 0.6931471805599453, mask=m_m)
     if WITH_MASS:
-        o_qb = i_m * (BLOCK_M // BS) + tl.arange(0, BLOCK_M // BS)
+        o_qb, m_qb = query_blocks_of_tile(i_m, NQB, BLOCK_M, BS)
         _sum_slot_into_mass(p_slot, tl.where(m_m, b_lse2, float("inf")), MASS,
-                            (i_bh.to(tl.int64) * NQB + o_qb) * NKB, NKB, o_qb < NQB, BLOCK_M, BS)
+                            (i_bh.to(tl.int64) * NQB + o_qb) * NKB, NKB, m_qb, BLOCK_M, BS)
 
 
 @triton.jit
@@ -290,24 +291,24 @@ def _launch(q, k, v, *, block_size, scale, with_mass, config=None):
 
         return hopper_attention_with_block_mass(q, k, v, block_size=block_size, scale=scale)
     B, H, LQ, LK, D = shape
-    if with_mass:
-        check_block_tiles_fit(q.dtype, D, block_size)
     nq, nk = num_blocks(LQ, block_size), num_blocks(LK, block_size)
     block_d = padded_head_dim(D)
+    tma = tma_eligible(k, v, block_d=block_d)
+    tuned = config is None and use_autotune(q.dtype, block_d, block_size)
+    if config is None and not tuned:
+        tile = fixed_tile(block_size, block_d, q.dtype)
+        config = triton.Config({"BLOCK_M": tile, "BLOCK_N": tile},
+                               **fixed_config(tile, tile, block_d, q.element_size()))
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, LQ, device=q.device, dtype=torch.float32)
     if with_mass:
-        mass = torch.empty(B, H, nq, nk, device=q.device, dtype=torch.float32)
+        # Query tiles of part of a block add their sums into a zeroed mass (`search.put_mass`).
+        part_blocks = not tuned and config.kwargs["BLOCK_M"] < block_size
+        mass = (torch.zeros if part_blocks else torch.empty)(B, H, nq, nk, device=q.device, dtype=torch.float32)
         scratch, locks, slot_rows = scratch_slots(q.device, nk)
     else:
         mass = scratch = locks = lse  # unused by the kernel
         slot_rows = 0
-    tma = tma_eligible(k, v, block_d=block_d)
-    tuned = config is None and use_autotune(q.dtype, block_d, block_size)
-    if config is None and not tuned:
-        tile = fixed_tile(block_size, block_d)
-        config = triton.Config({"BLOCK_M": tile, "BLOCK_N": tile},
-                               **fixed_config(tile, tile, block_d, q.element_size()))
     # Descriptor tiles: the config's height, or (autotuned) any height the pre-hook then resizes.
     rows = block_size if tuned else config.kwargs["BLOCK_N"]
     k_arg, v_arg = (row_tiles(k, rows, block_d), row_tiles(v, rows, block_d)) if tma else (k, v)
@@ -352,7 +353,7 @@ def attention_with_block_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Args:
         q: `[B, H, Lq, D]` float16 / bfloat16 / float32 CUDA tensor, any strides, D <= 256.
         k, v: `[B, H, Lk, D]`, same dtype and device.
-        block_size: tokens per block, one of 16, 32, 64, 128 (<= 64 for float32 with D > 128).
+        block_size: tokens per block, one of 16, 32, 64, 128.
         scale: softmax scale, default `1/sqrt(D)`.
 
     Returns:

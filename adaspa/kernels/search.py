@@ -21,9 +21,9 @@ import triton
 import triton.language as tl
 
 from .._validation import check_attention_inputs, check_block_size, num_blocks, require_lse, resolve_scale
-from ._launch import (LOG2E, SMEM_BUDGET, check_block_tiles_fit, check_kernel_block_size, check_kernel_inputs, dot,
-                      dot_precision, fixed_config, key_tile_fits, load_q_tile, load_rows, padded_head_dim, row_tiles,
-                      set_tile_rows, smem_estimate, strides4, tma_eligible, use_autotune, use_hopper_search)
+from ._launch import (LOG2E, SMEM_BUDGET, check_kernel_block_size, check_kernel_inputs, dot, dot_precision,
+                      fixed_config, key_tile_fits, load_q_tile, load_rows, padded_head_dim, row_tiles, set_tile_rows,
+                      smem_estimate, strides4, tma_eligible, use_autotune, use_hopper_search, wide_float32_rows)
 
 
 @triton.jit
@@ -33,21 +33,50 @@ def _tile_block_sums(b_q, b_k, start, LK, b_lse2, qk_scale, BLOCK_M: tl.constexp
 
     `b_k` is the `[MASS_N, BLOCK_D]` key tile at `start` (zeros past Lk), `b_lse2` the
     log2-domain LSE per query row (`+inf` on rows past Lq so they add 0). Returns
-    `[BLOCK_M // BS, MASS_N // BS]`, or `[BLOCK_M // BS, 1]` for a tile narrower than a block.
+    `[QB, MASS_N // BS]`, or `[QB, 1]` for a tile narrower than a block, where QB is the
+    number of query blocks the tile touches (`BLOCK_M // BS`, or 1 for part of a block).
     """
     # [BLOCK_M, MASS_N]
     b_p = tl.math.exp2(dot(b_q, tl.trans(b_k), PRECISION) * qk_scale - b_lse2[:, None])
     if MASK_N:
         b_p = tl.where((start + tl.arange(0, MASS_N) < LK)[None, :], b_p, 0.0)
-    if BLOCK_M == BS and MASS_N <= BS:
-        # One query block, one (part of a) key block: a plain reduction, no reshape. [1, 1]
+    if BLOCK_M <= BS and MASS_N <= BS:
+        # One query block, one key block, or parts of them: a plain reduction, no reshape. [1, 1]
         return tl.zeros([1, 1], tl.float32) + tl.sum(tl.sum(b_p, axis=1), axis=0)
     else:
         GROUP: tl.constexpr = BS if MASS_N > BS else MASS_N
+        ROWS: tl.constexpr = BS if BLOCK_M > BS else BLOCK_M
         # [BLOCK_M, MASS_N // GROUP]: within rows (no shared memory)
         b_cols = tl.sum(tl.reshape(b_p, (BLOCK_M, MASS_N // GROUP, GROUP)), axis=2)
-        # [BLOCK_M // BS, MASS_N // GROUP]: across rows
-        return tl.sum(tl.reshape(b_cols, (BLOCK_M // BS, BS, MASS_N // GROUP)), axis=1)
+        # [QB, MASS_N // GROUP]: across rows
+        return tl.sum(tl.reshape(b_cols, (BLOCK_M // ROWS, ROWS, MASS_N // GROUP)), axis=1)
+
+
+@triton.jit
+def query_blocks_of_tile(i_m, NQB, BLOCK_M: tl.constexpr, BS: tl.constexpr):
+    """The query blocks that query tile `i_m` of BLOCK_M rows lies in, `[QB]`, and which of
+    them exist (`< NQB`): `BLOCK_M // BS` whole blocks, or the one block a tile of part of
+    a block (BLOCK_M < BS) lies in."""
+    if BLOCK_M >= BS:
+        o_qb = i_m * (BLOCK_M // BS) + tl.arange(0, BLOCK_M // BS)
+    else:
+        o_qb = i_m // (BS // BLOCK_M) + tl.arange(0, 1)
+    return o_qb, o_qb < NQB
+
+
+@triton.jit
+def put_mass(p_mass, b_mass, m_put, ADD: tl.constexpr):
+    """Write block sums `b_mass` to `p_mass` where `m_put`; with ADD add them instead.
+
+    ADD is for query tiles of part of a block (BLOCK_M < BS: float32 with D > 128 at block
+    128, `_launch.wide_float32_rows`), where the two tiles of one block each add their
+    half into a zeroed MASS. Two adds onto an exact zero give the same float in either
+    order, so the result stays deterministic.
+    """
+    if ADD:
+        tl.atomic_add(p_mass, b_mass, mask=m_put, sem="relaxed")
+    else:
+        tl.store(p_mass, b_mass, mask=m_put)
 
 
 @triton.jit
@@ -55,16 +84,17 @@ def _mass_step(b_q, b_k, start, LK, b_lse2, b_run, MASS, o_mass_row, NKB, m_qb, 
                BLOCK_M: tl.constexpr, MASS_N: tl.constexpr, BS: tl.constexpr,
                MASK_N: tl.constexpr, PRECISION: tl.constexpr):
     """Store the block sums of the key tile at `start` into MASS (rows `o_mass_row`, valid
-    where `m_qb`); returns `b_run`. A tile narrower than a block adds into `b_run
-    [BLOCK_M // BS, 1]` and stores at the block's last tile."""
+    where `m_qb`; added, not stored, for query tiles of part of a block); returns `b_run`.
+    A tile narrower than a block adds into `b_run [QB, 1]` and stores at the block's last tile."""
     b_blk = _tile_block_sums(b_q, b_k, start, LK, b_lse2, qk_scale, BLOCK_M, MASS_N, BS, MASK_N, PRECISION)
     if MASS_N >= BS:
         o_kb = start // BS + tl.arange(0, MASS_N // BS)
-        tl.store(MASS + o_mass_row[:, None] + o_kb[None, :], b_blk, mask=m_qb[:, None] & (o_kb[None, :] < NKB))
+        put_mass(MASS + o_mass_row[:, None] + o_kb[None, :], b_blk, m_qb[:, None] & (o_kb[None, :] < NKB),
+                 BLOCK_M < BS)
     else:
         b_run += b_blk
         ends_block = ((start + MASS_N) % BS == 0) | (start + MASS_N >= LK)
-        tl.store(MASS + o_mass_row[:, None] + start // BS, b_run, mask=m_qb[:, None] & ends_block)
+        put_mass(MASS + o_mass_row[:, None] + start // BS, b_run, m_qb[:, None] & ends_block, BLOCK_M < BS)
         b_run = tl.where(ends_block, 0.0, b_run)
     return b_run
 
@@ -81,6 +111,7 @@ def _block_mass_fwd_kernel(
 ):
     """One program per (query tile of BLOCK_M rows, batch * head): pass 2 of the search alone.
 
+    A query tile holds whole blocks, or part of one (then MASS must be zeroed: `put_mass`).
     K is a `row_tiles` descriptor when TMA, else a tensor read through pointers.
     """
     i_m = tl.program_id(0)
@@ -94,8 +125,7 @@ def _block_mass_fwd_kernel(
                     mask=m_m, other=0.0)
     b_lse2 = tl.where(m_m, b_lse.to(tl.float32) * 1.4426950408889634, float("inf"))
 
-    o_qb = i_m * (BLOCK_M // BS) + tl.arange(0, BLOCK_M // BS)
-    m_qb = o_qb < NQB
+    o_qb, m_qb = query_blocks_of_tile(i_m, NQB, BLOCK_M, BS)
     o_mass_row = (i_bh.to(tl.int64) * NQB + o_qb) * NKB
 
     if TMA:
@@ -104,8 +134,9 @@ def _block_mass_fwd_kernel(
         # [MASS_N, BLOCK_D] pointers of the first key tile
         p_k = (K + i_b.to(tl.int64) * stride_kb + i_h.to(tl.int64) * stride_kh
                + tl.arange(0, MASS_N)[:, None] * stride_kn + tl.arange(0, BLOCK_D)[None, :] * stride_kd)
-    # Block sums of the key block in progress when tiles are narrower than blocks.
-    b_run = tl.zeros([BLOCK_M // BS, 1], tl.float32)
+    # Block sums of the key block in progress when tiles are narrower than blocks. [QB, 1]
+    QB: tl.constexpr = BLOCK_M // BS if BLOCK_M > BS else 1
+    b_run = tl.zeros([QB, 1], tl.float32)
     lk_full = (LK // MASS_N) * MASS_N
     for start in range(0, lk_full, MASS_N):
         b_k = load_rows(K, p_k, i_b, i_h, start, LK, m_d, MASS_N, BLOCK_D, False, TMA)
@@ -145,10 +176,13 @@ _block_mass_tuned = triton.autotune(
 )(_block_mass_fwd_kernel)
 
 
-def fixed_tile(bs: int, block_d: int) -> int:
+def fixed_tile(bs: int, block_d: int, dtype: torch.dtype) -> int:
     """Tile edge for the untuned path (interpreter, fp32, odd D): whole blocks, at least 64 wide
-    (32 at D > 128, where a 64 x 256 fp32 accumulator already fills the registers)."""
-    return max(bs, 64) if block_d <= 128 else max(bs, 32)
+    (32 at D > 128, where a 64 x 256 fp32 accumulator already fills the registers), except
+    float32 at D > 128, whose tiles stop at `wide_float32_rows` (half a block at block 128)."""
+    tile = max(bs, 64) if block_d <= 128 else max(bs, 32)
+    cap = wide_float32_rows(dtype, block_d)
+    return tile if cap is None else min(tile, cap)
 
 
 def block_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, block_size: int = 64, scale=None):
@@ -158,7 +192,7 @@ def block_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, block_siz
         q: `[B, H, Lq, D]` float16 / bfloat16 / float32 CUDA tensor, any strides.
         k: `[B, H, Lk, D]`, same dtype and device.
         lse: `[B, H, Lq]` natural-log LSE of the same rows (e.g. from `attention`).
-        block_size: tokens per block, one of 16, 32, 64, 128 (<= 64 for float32 with D > 128).
+        block_size: tokens per block, one of 16, 32, 64, 128.
         scale: softmax scale, default `1/sqrt(D)`.
 
     Returns:
@@ -184,7 +218,6 @@ def _block_mass(q, k, lse, *, block_size, scale, config=None):
     check_block_size(block_size)
     check_kernel_block_size(block_size)
     check_kernel_inputs(q, shape.head_dim)
-    check_block_tiles_fit(q.dtype, shape.head_dim, block_size)
     scale = resolve_scale(scale, shape.head_dim)
     if config is None and use_hopper_search(q, k, block_size=block_size):
         from .hopper_search import hopper_block_mass
@@ -193,13 +226,15 @@ def _block_mass(q, k, lse, *, block_size, scale, config=None):
     B, H, LQ, LK, D = shape
     nq, nk = num_blocks(LQ, block_size), num_blocks(LK, block_size)
     block_d = padded_head_dim(D)
-    mass = torch.empty(B, H, nq, nk, device=q.device, dtype=torch.float32)
     tma = tma_eligible(k, block_d=block_d)
     tuned = config is None and use_autotune(q.dtype, block_d, block_size)
     if config is None and not tuned:
-        tile = fixed_tile(block_size, block_d)
+        tile = fixed_tile(block_size, block_d, q.dtype)
         config = triton.Config({"BLOCK_M": tile, "MASS_N": tile},
                                **fixed_config(tile, tile, block_d, q.element_size(), with_v=False))
+    # Query tiles of part of a block add their sums into a zeroed mass (`put_mass`).
+    part_blocks = not tuned and config.kwargs["BLOCK_M"] < block_size
+    mass = (torch.zeros if part_blocks else torch.empty)(B, H, nq, nk, device=q.device, dtype=torch.float32)
     # Descriptor tiles: the config's width, or (autotuned) any width the pre-hook then resizes.
     rows = block_size if tuned else config.kwargs["MASS_N"]
     args = (q, row_tiles(k, rows, block_d) if tma else k, lse, mass, *strides4(q), *strides4(k),
