@@ -415,8 +415,8 @@ def test_key_tiles_narrower_than_blocks(dtype, length):
 @pytest.mark.parametrize("key_tile", [16, 64])
 def test_query_tiles_of_half_a_block(key_tile):
     """Query tiles may cover half a block (float32 with D > 128 at block 128 runs so): two
-    programs share each query block, the sparse kernel's both walk its kept list, and in the
-    searches each adds its half of the mass into a zeroed tensor, deterministically. Checked
+    programs share each query block; in the sparse kernel both walk the block's kept list,
+    in the searches each adds its half of the mass into a zeroed tensor, deterministically. Checked
     with 16-row query tiles at block 32, key tiles narrower (16) and wider (64) than a block,
     on rising scores, with Lq and Lk ragged."""
     import triton
