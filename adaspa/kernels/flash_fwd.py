@@ -38,7 +38,7 @@ from ._launch import (LOG2E, SMEM_BUDGET, check_kernel_block_size, check_kernel_
                       fixed_config, key_tile_fits, load_q_tile, load_rows, padded_head_dim, row_tiles, scratch_slots,
                       set_tile_rows, smem_estimate, store_out_tile, strides4, tma_eligible, to_dtype, use_autotune,
                       use_hopper_kernel, use_hopper_search)
-from .search import fixed_tile, put_mass, query_blocks_of_tile
+from .search import fixed_tile, mass_output, put_mass, query_blocks_of_tile
 
 
 @triton.jit
@@ -302,9 +302,7 @@ def _launch(q, k, v, *, block_size, scale, with_mass, config=None):
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, LQ, device=q.device, dtype=torch.float32)
     if with_mass:
-        # Query tiles of part of a block add their sums into a zeroed mass (`search.put_mass`).
-        part_blocks = not tuned and config.kwargs["BLOCK_M"] < block_size
-        mass = (torch.zeros if part_blocks else torch.empty)(B, H, nq, nk, device=q.device, dtype=torch.float32)
+        mass = mass_output((B, H, nq, nk), q.device, block_size if tuned else config.kwargs["BLOCK_M"], block_size)
         scratch, locks, slot_rows = scratch_slots(q.device, nk)
     else:
         mass = scratch = locks = lse  # unused by the kernel

@@ -79,6 +79,13 @@ def put_mass(p_mass, b_mass, m_put, ADD: tl.constexpr):
         tl.store(p_mass, b_mass, mask=m_put)
 
 
+def mass_output(shape: tuple, device: torch.device, block_m: int, block_size: int) -> torch.Tensor:
+    """The float32 `mass` `[B, H, nq, nk]` a kernel of `block_m`-row query tiles writes:
+    uninitialised, or zeroed when the tiles cover part of a block (`put_mass` adds into it)."""
+    alloc = torch.zeros if block_m < block_size else torch.empty
+    return alloc(shape, device=device, dtype=torch.float32)
+
+
 @triton.jit
 def _mass_step(b_q, b_k, start, LK, b_lse2, b_run, MASS, o_mass_row, NKB, m_qb, qk_scale,
                BLOCK_M: tl.constexpr, MASS_N: tl.constexpr, BS: tl.constexpr,
@@ -232,9 +239,7 @@ def _block_mass(q, k, lse, *, block_size, scale, config=None):
         tile = fixed_tile(block_size, block_d, q.dtype)
         config = triton.Config({"BLOCK_M": tile, "MASS_N": tile},
                                **fixed_config(tile, tile, block_d, q.element_size(), with_v=False))
-    # Query tiles of part of a block add their sums into a zeroed mass (`put_mass`).
-    part_blocks = not tuned and config.kwargs["BLOCK_M"] < block_size
-    mass = (torch.zeros if part_blocks else torch.empty)(B, H, nq, nk, device=q.device, dtype=torch.float32)
+    mass = mass_output((B, H, nq, nk), q.device, block_size if tuned else config.kwargs["BLOCK_M"], block_size)
     # Descriptor tiles: the config's width, or (autotuned) any width the pre-hook then resizes.
     rows = block_size if tuned else config.kwargs["MASS_N"]
     args = (q, row_tiles(k, rows, block_d) if tma else k, lse, mass, *strides4(q), *strides4(k),
